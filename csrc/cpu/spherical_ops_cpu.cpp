@@ -1,0 +1,252 @@
+// Fused CPU kernels of the vissiam_kernels ops (schemas in csrc/ops.cpp).
+//
+// spherical_nll: one pass over each (mu, target) row accumulates |mu|^2, |t|^2
+// and mu.t in double, then the per-row scalar math (spherical_math.h) gives the
+// NLL and the gradient coefficients. scaled_row_combination is the whole
+// backward: one pass reading mu and target and writing a gradient. Rows run in
+// parallel (at::parallel_for, so torch.set_num_threads applies); every row is
+// computed by the same sequence of operations whatever the thread count, so
+// results are bitwise deterministic.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "vissiam/spherical_math.h"
+
+// Runtime ISA dispatch for the row loops (AVX-512 / AVX2 / baseline), so the
+// extension is portable yet uses wide vectors where present.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VISSIAM_ISA_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define VISSIAM_ISA_CLONES
+#endif
+
+namespace vissiam {
+namespace {
+
+#define CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+
+template <typename T>
+inline double to_double(T x) {
+  return static_cast<double>(static_cast<float>(x));
+}
+template <>
+inline double to_double<double>(double x) {
+  return x;
+}
+
+// |a|^2, |b|^2 and a.b over n elements, in double. Lanes accumulate
+// independently (vectorizable without reassociation) and are summed in a fixed
+// order, so the result does not depend on the ISA clone chosen.
+template <typename scalar_t>
+VISSIAM_ISA_CLONES RowDots row_dots(const scalar_t* a, const scalar_t* b, int64_t n) {
+  constexpr int kLanes = 16;
+  double aa[kLanes] = {}, bb[kLanes] = {}, ab[kLanes] = {};
+  int64_t i = 0;
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const double x = to_double(a[i + j]);
+      const double y = to_double(b[i + j]);
+      aa[j] += x * x;
+      bb[j] += y * y;
+      ab[j] += x * y;
+    }
+  }
+  for (int j = 0; i < n; ++i, ++j) {
+    const double x = to_double(a[i]);
+    const double y = to_double(b[i]);
+    aa[j] += x * x;
+    bb[j] += y * y;
+    ab[j] += x * y;
+  }
+  for (int width = kLanes / 2; width > 0; width /= 2) {
+    for (int j = 0; j < width; ++j) {
+      aa[j] += aa[j + width];
+      bb[j] += bb[j + width];
+      ab[j] += ab[j + width];
+    }
+  }
+  return RowDots{aa[0], bb[0], ab[0]};
+}
+
+// out = cx * x + cy * y over n elements, computed in double and rounded once.
+template <typename scalar_t>
+VISSIAM_ISA_CLONES void row_combination(const scalar_t* x, const scalar_t* y, scalar_t* out,
+                                        int64_t n, double cx, double cy) {
+  for (int64_t i = 0; i < n; ++i) {
+    out[i] = static_cast<scalar_t>(cx * to_double(x[i]) + cy * to_double(y[i]));
+  }
+}
+
+// Rows per parallel task: about 64K elements of work each.
+int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(dim, 1)); }
+
+// A (B, D) view with unit stride along D (any row stride, including 0).
+at::Tensor unit_inner_stride(const at::Tensor& x) {
+  return x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
+}
+
+void check_views(const at::TensorList mu, const at::TensorList target, const at::TensorList kappa,
+                 int64_t family) {
+  CHECK_ARG(family == kCosine || family == kVonMisesFisher || family == kPowerSpherical,
+            "family must be 0 (cosine), 1 (vMF) or 2 (power spherical); got ", family);
+  CHECK_ARG(!mu.empty(), "mu must hold at least one view");
+  CHECK_ARG(mu.size() == target.size(), "mu and target must hold the same number of views; got ",
+            mu.size(), " and ", target.size());
+  CHECK_ARG(family == kCosine ? kappa.empty() : kappa.size() == mu.size(),
+            "kappa must hold one tensor per view (none for the cosine family); got ", kappa.size(),
+            " for ", mu.size(), " views");
+  const int64_t dim = mu[0].dim() == 2 ? mu[0].size(1) : -1;
+  for (size_t v = 0; v < mu.size(); ++v) {
+    CHECK_ARG(mu[v].dim() == 2 && mu[v].size(1) == dim, "mu[", v, "] must have shape (B, ", dim,
+              "); got ", mu[v].sizes());
+    CHECK_ARG(target[v].sizes() == mu[v].sizes(), "target[", v, "] must have mu[", v,
+              "]'s shape ", mu[v].sizes(), "; got ", target[v].sizes());
+    CHECK_ARG(target[v].scalar_type() == mu[v].scalar_type(), "target[", v,
+              "] must have mu's dtype ", mu[v].scalar_type(), "; got ", target[v].scalar_type());
+    TORCH_CHECK_TYPE(at::isFloatingType(mu[v].scalar_type()), "mu[", v,
+                     "] must be a floating point tensor; got ", mu[v].scalar_type());
+    if (family != kCosine) {
+      CHECK_ARG(kappa[v].dim() == 1 && kappa[v].size(0) == mu[v].size(0), "kappa[", v,
+                "] must have shape (", mu[v].size(0), ",); got ", kappa[v].sizes());
+      TORCH_CHECK_TYPE(at::isFloatingType(kappa[v].scalar_type()), "kappa[", v,
+                       "] must be a floating point tensor; got ", kappa[v].scalar_type());
+    }
+  }
+  CHECK_ARG(dim >= 2, "the dimension D of mu and target must be >= 2; got ", dim);
+}
+
+std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::TensorList target,
+                                                     at::TensorList kappa, int64_t family) {
+  check_views(mu, target, kappa, family);
+  const int64_t dim = mu[0].size(1);
+  int64_t total_rows = 0;
+  bool any_double = false;
+  for (size_t v = 0; v < mu.size(); ++v) {
+    total_rows += mu[v].size(0);
+    any_double |= mu[v].scalar_type() == at::kDouble;
+    if (family != kCosine) any_double |= kappa[v].scalar_type() == at::kDouble;
+  }
+  auto double_options = mu[0].options().dtype(at::kDouble);
+  at::Tensor nll = at::empty({total_rows}, double_options);
+  at::Tensor row_state = at::empty({total_rows, 4}, double_options);
+  double* nll_out = nll.data_ptr<double>();
+  double* state_out = row_state.data_ptr<double>();
+
+  int64_t row_offset = 0;
+  for (size_t v = 0; v < mu.size(); ++v) {
+    const at::Tensor m = unit_inner_stride(mu[v]);
+    const at::Tensor t = unit_inner_stride(target[v]);
+    const at::Tensor k = family == kCosine ? at::Tensor() : kappa[v].to(at::kDouble).contiguous();
+    const double* k_ptr = family == kCosine ? nullptr : k.data_ptr<double>();
+    const int64_t rows = m.size(0);
+    const int64_t m_stride = m.stride(0), t_stride = t.stride(0);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "spherical_nll_cpu", [&] {
+      const scalar_t* m_ptr = m.data_ptr<scalar_t>();
+      const scalar_t* t_ptr = t.data_ptr<scalar_t>();
+      at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const double kappa_i = k_ptr ? k_ptr[i] : 0.0;
+          CHECK_ARG(valid_kappa(kappa_i), "kappa must be finite and >= 0; got ", kappa_i,
+                    " in row ", i, " of view ", v);
+          const RowDots dots = row_dots(m_ptr + i * m_stride, t_ptr + i * t_stride, dim);
+          const RowLoss loss = row_loss(static_cast<int>(family), row_cosine(dots), kappa_i,
+                                        static_cast<double>(dim));
+          const RowGradientCoefficients g = row_gradient_coefficients(dots, loss.dnll_dcos);
+          const int64_t r = row_offset + i;
+          nll_out[r] = loss.nll;
+          state_out[4 * r + 0] = g.mu_coef;
+          state_out[4 * r + 1] = g.target_coef;
+          state_out[4 * r + 2] = g.cross_coef;
+          state_out[4 * r + 3] = loss.dnll_dkappa;
+        }
+      });
+    });
+    row_offset += rows;
+  }
+  return {any_double ? nll : nll.to(at::kFloat), row_state};
+}
+
+std::vector<at::Tensor> scaled_row_combination_cpu(const at::Tensor& scale, const at::Tensor& coef_x,
+                                                   const at::Tensor& coef_y, at::TensorList x,
+                                                   at::TensorList y) {
+  CHECK_ARG(x.size() == y.size(), "x and y must hold the same number of views");
+  int64_t total_rows = 0;
+  for (size_t v = 0; v < x.size(); ++v) {
+    CHECK_ARG(x[v].dim() == 2 && y[v].sizes() == x[v].sizes(), "x[", v, "] and y[", v,
+              "] must be matching (B, D) tensors; got ", x[v].sizes(), " and ", y[v].sizes());
+    CHECK_ARG(y[v].scalar_type() == x[v].scalar_type(), "y[", v, "] must have x's dtype");
+    total_rows += x[v].size(0);
+  }
+  for (const at::Tensor* c : {&scale, &coef_x, &coef_y}) {
+    CHECK_ARG(c->dim() == 1 && c->size(0) == total_rows, "scale and coefficients must have shape (",
+              total_rows, ",); got ", c->sizes());
+  }
+  const at::Tensor s = scale.to(at::kDouble).contiguous();
+  const at::Tensor cx = coef_x.to(at::kDouble).contiguous();
+  const at::Tensor cy = coef_y.to(at::kDouble).contiguous();
+  const double *s_ptr = s.data_ptr<double>(), *cx_ptr = cx.data_ptr<double>(),
+               *cy_ptr = cy.data_ptr<double>();
+
+  std::vector<at::Tensor> outputs;
+  int64_t row_offset = 0;
+  for (size_t v = 0; v < x.size(); ++v) {
+    const at::Tensor xv = unit_inner_stride(x[v]);
+    const at::Tensor yv = unit_inner_stride(y[v]);
+    at::Tensor out = at::empty(xv.sizes(), xv.options().memory_format(at::MemoryFormat::Contiguous));
+    const int64_t rows = xv.size(0), dim = xv.size(1);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xv.scalar_type(), "scaled_row_combination_cpu", [&] {
+      const scalar_t* x_ptr = xv.data_ptr<scalar_t>();
+      const scalar_t* y_ptr = yv.data_ptr<scalar_t>();
+      scalar_t* o_ptr = out.data_ptr<scalar_t>();
+      const int64_t x_stride = xv.stride(0), y_stride = yv.stride(0);
+      at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t r = row_offset + i;
+          row_combination(x_ptr + i * x_stride, y_ptr + i * y_stride, o_ptr + i * dim, dim,
+                          s_ptr[r] * cx_ptr[r], s_ptr[r] * cy_ptr[r]);
+        }
+      });
+    });
+    outputs.push_back(out);
+    row_offset += rows;
+  }
+  return outputs;
+}
+
+at::Tensor normalizer_quantity_cpu(const at::Tensor& kappa, int64_t dim, int64_t family,
+                                   int64_t quantity) {
+  CHECK_ARG(dim >= 2, "dim must be >= 2; got ", dim);
+  CHECK_ARG(family == kVonMisesFisher || family == kPowerSpherical,
+            "family must be 1 (vMF) or 2 (power spherical); got ", family);
+  CHECK_ARG(quantity >= kLogNormalizer && quantity <= kKlUniform, "quantity must be in [0, 4]; got ",
+            quantity);
+  TORCH_CHECK_TYPE(at::isFloatingType(kappa.scalar_type()),
+                   "kappa must be a floating point tensor; got ", kappa.scalar_type());
+  const at::Tensor k = kappa.to(at::kDouble).contiguous();
+  at::Tensor out = at::empty(k.sizes(), k.options());
+  const double* k_ptr = k.data_ptr<double>();
+  double* o_ptr = out.data_ptr<double>();
+  at::parallel_for(0, k.numel(), 256, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      CHECK_ARG(valid_kappa(k_ptr[i]), "kappa must be finite and >= 0; got ", k_ptr[i],
+                " at flat index ", i);
+      o_ptr[i] = normalizer_quantity(static_cast<int>(family), static_cast<int>(quantity), k_ptr[i],
+                                     static_cast<double>(dim));
+    }
+  });
+  return kappa.scalar_type() == at::kDouble ? out : out.to(at::kFloat);
+}
+
+}  // namespace
+}  // namespace vissiam
+
+TORCH_LIBRARY_IMPL(vissiam_kernels, CPU, m) {
+  m.impl("spherical_nll", &vissiam::spherical_nll_cpu);
+  m.impl("scaled_row_combination", &vissiam::scaled_row_combination_cpu);
+  m.impl("normalizer_quantity", &vissiam::normalizer_quantity_cpu);
+}

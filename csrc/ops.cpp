@@ -1,0 +1,26 @@
+// Op schemas of the vissiam_kernels namespace. Implementations register per
+// dispatch key (csrc/cpu for CPU, csrc/cuda for CUDA); fake tensors and
+// autograd are registered from Python (vissiam_kernels/_ops.py).
+#include <torch/library.h>
+
+TORCH_LIBRARY(vissiam_kernels, m) {
+  // Per-row negative log-likelihood of target[v][i] under the distribution
+  // `family` (0 cosine, 1 vMF, 2 power spherical) centred on mu[v][i] with
+  // concentration kappa[v][i], for every view v, rows concatenated:
+  //   mu[v], target[v]: (B_v, D);  kappa[v]: (B_v,) (empty list for cosine).
+  // Returns nll: (sum B_v,) in float32 (float64 if any input is float64) and
+  // row_state: (sum B_v, 4) float64 = [mu_coef, target_coef, cross_coef,
+  // dnll_dkappa], from which the gradients are formed without a second
+  // reduction pass (see spherical_math.h, RowGradientCoefficients).
+  m.def("spherical_nll(Tensor[] mu, Tensor[] target, Tensor[] kappa, int family)"
+        " -> (Tensor nll, Tensor row_state)");
+  // out[v][i, :] = scale[i] * (coef_x[i] * x[v][i, :] + coef_y[i] * y[v][i, :]),
+  // rows i numbered across views; out[v] has x[v]'s shape and dtype.
+  m.def("scaled_row_combination(Tensor scale, Tensor coef_x, Tensor coef_y,"
+        " Tensor[] x, Tensor[] y) -> Tensor[]");
+  // Elementwise quantity of the normalizer of `family` (1 vMF, 2 power
+  // spherical) in dimension `dim`: 0 log C, 1 dlogC/dkappa, 2 d2logC/dkappa2,
+  // 3 entropy, 4 KL to the uniform distribution. Output: kappa's shape, float32
+  // (float64 for float64 kappa).
+  m.def("normalizer_quantity(Tensor kappa, int dim, int family, int quantity) -> Tensor");
+}

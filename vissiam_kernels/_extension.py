@@ -1,0 +1,62 @@
+"""Builds (once, cached) and loads the compiled kernels.
+
+The C++ sources are compiled on first use with ninja through
+``torch.utils.cpp_extension.load`` and cached per torch and Python version, so
+``pip install -e .`` needs no compiler step and the library always matches the
+torch it runs with. Set ``VISSIAM_BUILD_DIR`` to move the cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def source_dir() -> Path:
+    """The C++ sources: ``csrc/`` beside the package in a checkout, ``_csrc/`` inside an install."""
+    for candidate in (_PACKAGE_DIR / "_csrc", _PACKAGE_DIR.parent / "csrc"):
+        if (candidate / "ops.cpp").is_file():
+            return candidate
+    raise RuntimeError(f"vissiam_kernels: C++ sources not found next to {_PACKAGE_DIR}")
+
+
+def build_root() -> Path:
+    default = Path.home() / ".cache" / "vissiam_kernels"
+    base = Path(os.environ.get("VISSIAM_BUILD_DIR", default))
+    tag = f"torch{torch.__version__.replace('+', '_')}-py{sys.version_info.major}{sys.version_info.minor}"
+    return base / tag
+
+
+def _log(message: str) -> None:
+    print(f"vissiam_kernels: {message}", file=sys.stderr, flush=True)
+
+
+@functools.cache
+def load_cpu_library() -> None:
+    """Compile (first use only) and load the CPU kernels; registers ``torch.ops.vissiam_kernels``."""
+    from torch.utils import cpp_extension
+
+    src = source_dir()
+    name = "vissiam_kernels_cpu"
+    build_dir = build_root() / name
+    build_dir.mkdir(parents=True, exist_ok=True)
+    if not (build_dir / f"{name}.so").exists():
+        _log(f"compiling the CPU kernels (first use, about a minute) into {build_dir}")
+    cpp_extension.load(
+        name=name,
+        sources=[str(src / "ops.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp")],
+        extra_include_paths=[str(src / "include")],
+        extra_cflags=["-O3", "-fno-math-errno"],
+        build_directory=str(build_dir),
+        is_python_module=False,
+        verbose=os.environ.get("VISSIAM_VERBOSE_BUILD") == "1",
+    )
+    from . import _ops
+
+    _ops.register_python_parts()
