@@ -1,20 +1,43 @@
 """The one place that picks which implementation runs.
 
 ``VISSIAM_BACKEND`` = ``auto`` (default) | ``cpu`` | ``cuda`` | ``triton`` | ``reference``.
-``auto`` takes the compiled kernels for the tensors' device and falls back to the
-pure-PyTorch reference with a one-time warning when none is available; a backend
-named explicitly that cannot run is an error. ``last_backend()`` tells tests which
-implementation served the most recent call.
+
+- ``cpu``: the C++ kernels (csrc/cpu), CPU tensors.
+- ``cuda``: the CUDA C++ kernels (csrc/cuda), CUDA tensors.
+- ``triton``: the Triton kernels, CUDA tensors (CPU tensors under ``TRITON_INTERPRET=1``).
+- ``reference``: the pure-PyTorch reference, any device.
+
+``auto`` takes the first available compiled backend for the tensors' device
+(``AUTO_ORDER``) and falls back to the reference with a one-time warning; a
+backend named explicitly that cannot run is an error (BackendUnavailableError).
+``last_backend()`` tells tests which implementation served the most recent call.
+Every compiled backend exposes the three ops of csrc/ops.cpp with the same
+schemas, in the namespace given by ``op_namespace``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import warnings
 
 import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+
+# Which compiled backends serve which device type, in auto's order of preference.
+AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
+
+# Where each compiled backend lives: module whose load() makes its ops available
+# (raising if it cannot), and the torch.ops namespace of those ops.
+_BACKEND_MODULES = {
+    "cpu": ("vissiam_kernels._extension", "load_cpu_library", "vissiam_kernels"),
+    "cuda": ("vissiam_kernels._extension", "load_cuda_library", "vissiam_kernels"),
+    "triton": ("vissiam_kernels.triton_ops", "load", "vissiam_triton"),
+}
+
+# Device types each compiled backend accepts (the Triton interpreter runs CPU tensors).
+_BACKEND_DEVICES = {"cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda", "cpu")}
 
 _state = {"last": None, "warned": set()}
 
@@ -30,12 +53,17 @@ def requested_backend() -> str:
     return name
 
 
-def _cpu_kernels_error() -> Exception | None:
-    from . import _extension
+def op_namespace(backend: str):
+    """``torch.ops.<namespace>`` holding ``backend``'s implementation of the ops."""
+    return getattr(torch.ops, _BACKEND_MODULES[backend][2])
 
+
+def availability_error(backend: str) -> Exception | None:
+    """None if ``backend`` loads (building it on first use), else the reason it cannot."""
+    module_name, loader, _ = _BACKEND_MODULES[backend]
     try:
-        _extension.load_cpu_library()
-    except Exception as error:  # a compiler problem: report it, do not crash the caller
+        getattr(importlib.import_module(module_name), loader)()
+    except Exception as error:  # a missing compiler or toolkit: report it, never crash the caller
         return error
     return None
 
@@ -44,29 +72,26 @@ def _select(device_type: str) -> str:
     requested = requested_backend()
     if requested == "reference":
         return "reference"
-    if requested == "cpu":
-        if device_type != "cpu":
-            raise BackendUnavailableError(f"VISSIAM_BACKEND=cpu runs on CPU tensors only; got {device_type} tensors")
-        error = _cpu_kernels_error()
+    if requested != "auto":
+        if device_type not in _BACKEND_DEVICES[requested]:
+            raise BackendUnavailableError(
+                f"VISSIAM_BACKEND={requested} runs on {' or '.join(_BACKEND_DEVICES[requested])} tensors; "
+                f"got {device_type} tensors"
+            )
+        error = availability_error(requested)
         if error is not None:
-            raise BackendUnavailableError(f"VISSIAM_BACKEND=cpu: the CPU kernels failed to build or load: {error}")
-        return "cpu"
-    if requested in ("cuda", "triton"):
-        raise BackendUnavailableError(
-            f"VISSIAM_BACKEND={requested}: the {requested} kernels are not part of this build yet; "
-            "use VISSIAM_BACKEND=auto or reference"
-        )
-    # auto
-    if device_type == "cpu":
-        error = _cpu_kernels_error()
+            raise BackendUnavailableError(f"VISSIAM_BACKEND={requested} cannot run here: {error}")
+        return requested
+    reasons = []
+    for backend in AUTO_ORDER.get(device_type, ()):
+        error = availability_error(backend)
         if error is None:
-            return "cpu"
-        reason = f"the CPU kernels failed to build or load ({error})"
-    else:
-        reason = f"no compiled kernels for {device_type} tensors in this build"
+            return backend
+        reasons.append(f"{backend}: {error}")
     if device_type not in _state["warned"]:
         _state["warned"].add(device_type)
-        warnings.warn(f"vissiam_kernels: {reason}; using the pure-PyTorch reference", RuntimeWarning, stacklevel=3)
+        why = "; ".join(reasons) or f"no compiled kernels for {device_type} tensors"
+        warnings.warn(f"vissiam_kernels: using the pure-PyTorch reference ({why})", RuntimeWarning, stacklevel=4)
     return "reference"
 
 
@@ -76,10 +101,7 @@ def _select_for_compile(device_type: str) -> str:
 
 
 def select_backend(device: torch.device) -> str:
-    """The backend for tensors on ``device``: "cpu" or "reference" (more as they land).
-
-    Under ``torch.compile`` the choice is made once, when the function is traced.
-    """
+    """The backend for tensors on ``device``. Under ``torch.compile`` it is chosen once, at tracing."""
     if torch.compiler.is_compiling():
         return _select_for_compile(device.type)
     backend = _select(device.type)

@@ -59,4 +59,10 @@ def load_cpu_library() -> None:
     )
     from . import _ops
 
-    _ops.register_python_parts()
+    _ops.register_fake_kernels("vissiam_kernels")
+    _ops.register_autograd("vissiam_kernels")
+
+
+def load_cuda_library() -> None:
+    """The CUDA C++ kernels are not part of this build yet."""
+    raise RuntimeError("the CUDA C++ kernels are not built in this version")

@@ -15,8 +15,6 @@ import torch
 FAMILY_CODES = {"none": 0, "vmf": 1, "power_spherical": 2}
 QUANTITY_CODES = {"log_normalizer": 0, "dlog_normalizer": 1, "d2log_normalizer": 2, "entropy": 3, "kl_uniform": 4}
 
-_ops = torch.ops.vissiam_kernels
-
 
 def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
@@ -46,7 +44,7 @@ def _nll_setup_context(ctx, inputs, output):
     ctx.kappa_dtypes = [k.dtype for k in kappa]
 
 
-def _nll_backward(ctx, grad_nll, grad_row_state):
+def _nll_backward(ops, ctx, grad_nll, grad_row_state):
     saved = ctx.saved_tensors
     views = ctx.views
     mu, target, row_state = list(saved[:views]), list(saved[views : 2 * views]), saved[-1]
@@ -54,9 +52,9 @@ def _nll_backward(ctx, grad_nll, grad_row_state):
     grad_mu = grad_target = [None] * views
     grad_kappa = [None] * len(ctx.kappa_dtypes)
     if any(_as_list(needs_mu)):
-        grad_mu = _ops.scaled_row_combination(grad_nll, row_state[:, 0], row_state[:, 2], mu, target)
+        grad_mu = ops.scaled_row_combination(grad_nll, row_state[:, 0], row_state[:, 2], mu, target)
     if any(_as_list(needs_target)):
-        grad_target = _ops.scaled_row_combination(grad_nll, row_state[:, 1], row_state[:, 2], target, mu)
+        grad_target = ops.scaled_row_combination(grad_nll, row_state[:, 1], row_state[:, 2], target, mu)
     if ctx.kappa_dtypes and any(_as_list(needs_kappa)):
         per_row = grad_nll.to(torch.float64) * row_state[:, 3]
         grad_kappa = [g.to(dt) for g, dt in zip(per_row.split(ctx.rows), ctx.kappa_dtypes)]
@@ -73,13 +71,13 @@ def _quantity_setup_context(ctx, inputs, output):
     ctx.dim, ctx.family, ctx.quantity = dim, family, quantity
 
 
-def _quantity_backward(ctx, grad):
+def _quantity_backward(ops, ctx, grad):
     (kappa,) = ctx.saved_tensors
     q = ctx.quantity
     if q == QUANTITY_CODES["d2log_normalizer"]:
         raise NotImplementedError("the third kappa-derivative of a log-normalizer is not implemented")
     derivative_order = 1 if q == QUANTITY_CODES["log_normalizer"] else 2
-    derivative = _ops.normalizer_quantity(kappa, ctx.dim, ctx.family, derivative_order)
+    derivative = ops.normalizer_quantity(kappa, ctx.dim, ctx.family, derivative_order)
     if q == QUANTITY_CODES["entropy"]:  # dH/dk = k * d2logC
         derivative = kappa * derivative
     elif q == QUANTITY_CODES["kl_uniform"]:  # KL = log|S| - H
@@ -88,14 +86,26 @@ def _quantity_backward(ctx, grad):
 
 
 @functools.cache
-def register_python_parts() -> None:
-    """Fake kernels (shapes for torch.compile) and autograd formulas; once, after the library loads."""
-    torch.library.register_fake("vissiam_kernels::spherical_nll")(_nll_fake)
-    torch.library.register_fake("vissiam_kernels::scaled_row_combination")(_combination_fake)
-    torch.library.register_fake("vissiam_kernels::normalizer_quantity")(_quantity_fake)
+def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
+    """Output shapes of the compiled ops for torch.compile; once, after the library loads."""
+    torch.library.register_fake(f"{namespace}::spherical_nll")(_nll_fake)
+    torch.library.register_fake(f"{namespace}::scaled_row_combination")(_combination_fake)
+    torch.library.register_fake(f"{namespace}::normalizer_quantity")(_quantity_fake)
+
+
+@functools.cache
+def register_autograd(namespace: str = "vissiam_kernels") -> None:
+    """Gradients of ``namespace::spherical_nll`` and ``namespace::normalizer_quantity``.
+
+    Any namespace that implements the three ops of csrc/ops.cpp with the same
+    schemas (the C++ library, the Triton ops) shares these formulas.
+    """
+    ops = getattr(torch.ops, namespace)
     torch.library.register_autograd(
-        "vissiam_kernels::spherical_nll", _nll_backward, setup_context=_nll_setup_context
+        f"{namespace}::spherical_nll", functools.partial(_nll_backward, ops), setup_context=_nll_setup_context
     )
     torch.library.register_autograd(
-        "vissiam_kernels::normalizer_quantity", _quantity_backward, setup_context=_quantity_setup_context
+        f"{namespace}::normalizer_quantity",
+        functools.partial(_quantity_backward, ops),
+        setup_context=_quantity_setup_context,
     )

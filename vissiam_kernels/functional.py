@@ -23,8 +23,7 @@ from ._validation import (
     check_vectors,
 )
 
-_FAMILY_CODES = {"none": 0, "vmf": 1, "power_spherical": 2}
-_QUANTITY_CODES = {"log_normalizer": 0, "entropy": 3, "kl_uniform": 4}
+from ._ops import FAMILY_CODES as _FAMILY_CODES, QUANTITY_CODES as _QUANTITY_CODES
 
 
 # ---------------------------------------------------------------- normalizers
@@ -38,7 +37,8 @@ def _normalizer_quantity(kappa, dim: int, family: str, quantity: str) -> torch.T
     if backend == "reference":
         check_kappa_values("kappa", kappa)
         return getattr(reference, f"{family}_{quantity}")(kappa, dim)
-    return torch.ops.vissiam_kernels.normalizer_quantity(kappa, dim, _FAMILY_CODES[family], _QUANTITY_CODES[quantity])
+    ops = _dispatch.op_namespace(backend)
+    return ops.normalizer_quantity(kappa, dim, _FAMILY_CODES[family], _QUANTITY_CODES[quantity])
 
 
 def power_spherical_log_normalizer(kappa: torch.Tensor, dim: int) -> torch.Tensor:
@@ -93,7 +93,7 @@ def _nll_per_row(views, family: str) -> list[torch.Tensor]:
     mus = [mu.reshape(-1, dim) for mu, _, _, _ in views]
     targets = [target.reshape(-1, dim) for _, target, _, _ in views]
     kappas = [] if family == "none" else [kappa.reshape(-1) for _, _, kappa, _ in views]
-    nll, _ = torch.ops.vissiam_kernels.spherical_nll(mus, targets, kappas, _FAMILY_CODES[family])
+    nll, _ = _dispatch.op_namespace(backend).spherical_nll(mus, targets, kappas, _FAMILY_CODES[family])
     return [rows.reshape(shape) for rows, (_, _, _, shape) in zip(nll.split([m.shape[0] for m in mus]), views)]
 
 
