@@ -32,7 +32,7 @@ AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
 # (raising if it cannot), and the torch.ops namespace of those ops.
 _BACKEND_MODULES = {
     "cpu": ("vissiam_kernels._extension", "load_cpu_library", "vissiam_kernels"),
-    "cuda": ("vissiam_kernels._extension", "load_cuda_library", "vissiam_kernels"),
+    "cuda": ("vissiam_kernels._cuda_extension", "load", "vissiam_kernels"),
     "triton": ("vissiam_kernels.triton_ops", "load", "vissiam_triton"),
 }
 

@@ -62,7 +62,3 @@ def load_cpu_library() -> None:
     _ops.register_fake_kernels("vissiam_kernels")
     _ops.register_autograd("vissiam_kernels")
 
-
-def load_cuda_library() -> None:
-    """The CUDA C++ kernels are not part of this build yet."""
-    raise RuntimeError("the CUDA C++ kernels are not built in this version")
