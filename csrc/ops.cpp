@@ -23,4 +23,10 @@ TORCH_LIBRARY(vissiam_kernels, m) {
   // 3 entropy, 4 KL to the uniform distribution. Output: kappa's shape, float32
   // (float64 for float64 kappa).
   m.def("normalizer_quantity(Tensor kappa, int dim, int family, int quantity) -> Tensor");
+  // The header's special functions elementwise on float64 tensors a, b (same
+  // shape), for testing the shared math through the CPU build: name is one of
+  // lgamma_difference(a, b), digamma_difference(a, b), trigamma_difference(a, b),
+  // log2_plus_digamma_difference(a, b), log_bessel_i(nu=a, x=b),
+  // log_bessel_i_scaled(nu=a, x=b), bessel_ratio(nu=a, x=b).
+  m.def("special_function(str name, Tensor a, Tensor b) -> Tensor");
 }

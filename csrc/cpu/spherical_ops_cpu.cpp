@@ -242,6 +242,27 @@ at::Tensor normalizer_quantity_cpu(const at::Tensor& kappa, int64_t dim, int64_t
   return kappa.scalar_type() == at::kDouble ? out : out.to(at::kFloat);
 }
 
+at::Tensor special_function_cpu(c10::string_view name, const at::Tensor& a, const at::Tensor& b) {
+  CHECK_ARG(a.sizes() == b.sizes(), "a and b must have the same shape; got ", a.sizes(), " and ", b.sizes());
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kDouble && b.scalar_type() == at::kDouble,
+                   "a and b must be float64 tensors");
+  double (*fn)(double, double) = nullptr;
+  if (name == "lgamma_difference") fn = lgamma_difference;
+  else if (name == "digamma_difference") fn = digamma_difference;
+  else if (name == "trigamma_difference") fn = trigamma_difference;
+  else if (name == "log2_plus_digamma_difference") fn = log2_plus_digamma_difference;
+  else if (name == "log_bessel_i") fn = log_bessel_i;
+  else if (name == "log_bessel_i_scaled") fn = log_bessel_i_scaled;
+  else if (name == "bessel_ratio") fn = bessel_ratio;
+  CHECK_ARG(fn != nullptr, "unknown special function name: ", name);
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor out = at::empty(ac.sizes(), ac.options());
+  const double *a_ptr = ac.data_ptr<double>(), *b_ptr = bc.data_ptr<double>();
+  double* o_ptr = out.data_ptr<double>();
+  for (int64_t i = 0; i < ac.numel(); ++i) o_ptr[i] = fn(a_ptr[i], b_ptr[i]);
+  return out;
+}
+
 }  // namespace
 }  // namespace vissiam
 
@@ -249,4 +270,5 @@ TORCH_LIBRARY_IMPL(vissiam_kernels, CPU, m) {
   m.impl("spherical_nll", &vissiam::spherical_nll_cpu);
   m.impl("scaled_row_combination", &vissiam::scaled_row_combination_cpu);
   m.impl("normalizer_quantity", &vissiam::normalizer_quantity_cpu);
+  m.impl("special_function", &vissiam::special_function_cpu);
 }
