@@ -27,6 +27,6 @@ TORCH_LIBRARY(vissiam_kernels, m) {
   // shape), for testing the shared math through the CPU build: name is one of
   // lgamma_difference(a, b), digamma_difference(a, b), trigamma_difference(a, b),
   // log2_plus_digamma_difference(a, b), log_bessel_i(nu=a, x=b),
-  // log_bessel_i_scaled(nu=a, x=b), bessel_ratio(nu=a, x=b).
+  // log_bessel_i_scaled(nu=a, x=b), bessel_ratio(nu=a, x=b), bessel_ratio_complement(nu=a, x=b).
   m.def("special_function(str name, Tensor a, Tensor b) -> Tensor");
 }

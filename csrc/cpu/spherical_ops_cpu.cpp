@@ -254,6 +254,7 @@ at::Tensor special_function_cpu(c10::string_view name, const at::Tensor& a, cons
   else if (name == "log_bessel_i") fn = log_bessel_i;
   else if (name == "log_bessel_i_scaled") fn = log_bessel_i_scaled;
   else if (name == "bessel_ratio") fn = bessel_ratio;
+  else if (name == "bessel_ratio_complement") fn = bessel_ratio_complement;
   CHECK_ARG(fn != nullptr, "unknown special function name: ", name);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   at::Tensor out = at::empty(ac.sizes(), ac.options());

@@ -13,6 +13,7 @@
 //   log_bessel_i_scaled(nu, x)       log I_nu(x) - nu log x   (finite at x = 0)
 //   log_bessel_i(nu, x)              log I_nu(x), any nu >= 0
 //   bessel_ratio(nu, x)              I_{nu+1}(x) / I_nu(x)
+//   bessel_ratio_complement(nu, x)   1 - I_{nu+1}(x) / I_nu(x), exact also near 1
 #pragma once
 
 #include <cmath>
@@ -34,7 +35,8 @@ constexpr double kLog2Pi = 1.83787706640934548356;
 // precision with the number of terms kept.
 constexpr double kAsymptoticMinArgument = 10.0;
 
-// Olver's uniform expansion of I_nu is used for nu >= this; smaller orders are
+// Olver's uniform expansion of I_nu is used for nu >= this (its truncation error
+// there is ~1e-11 in log I); smaller orders are
 // reached by the (stable) downward recurrence of the ratio I_{k+1}/I_k.
 constexpr double kOlverMinOrder = 30.0;
 
@@ -154,18 +156,31 @@ VISSIAM_HD double olver_log_bessel_i_scaled(double nu, double x) {
 // I_{nu+1}(x) / I_nu(x) for nu >= kOlverMinOrder, as the difference of two Olver
 // expansions written so that no two large terms cancel (S0, S1 = S at nu, nu+1):
 //   S1 - S0 = (2 nu + 1)/(S1 + S0)
-//   log R = (S1 - S0) + log(x/(nu+1+S1)) - nu log1p((1 + S1 - S0)/(nu + S0))
-//           - log1p((S1 - S0)/S0)/2 + log1p(u1) - log1p(u0).
+//   log R = log(x/(nu+1+S1)) + rest,
+//   rest  = (S1 - S0) - nu log1p((1 + S1 - S0)/(nu + S0)) - log1p((S1 - S0)/S0)/2
+//           + log1p(u1) - log1p(u0).
+VISSIAM_HD double olver_log_ratio_rest(double nu, double x, double s0, double s1) {
+  const double ds = (2.0 * nu + 1.0) / (s1 + s0);
+  return ds - nu * ::log1p((1.0 + ds) / (nu + s0)) - 0.5 * ::log1p(ds / s0) +
+         ::log1p(olver_correction((nu + 1.0) / s1, nu + 1.0)) -
+         ::log1p(olver_correction(nu / s0, nu));
+}
+
 // The factor x/(nu+1+S1) is kept outside the exponential so that x = 0 gives 0.
 VISSIAM_HD double olver_bessel_ratio(double nu, double x) {
   const double s0 = ::hypot(nu, x);
   const double s1 = ::hypot(nu + 1.0, x);
-  const double ds = (2.0 * nu + 1.0) / (s1 + s0);
-  const double log_rest = ds - nu * ::log1p((1.0 + ds) / (nu + s0)) -
-                          0.5 * ::log1p(ds / s0) +
-                          ::log1p(olver_correction((nu + 1.0) / s1, nu + 1.0)) -
-                          ::log1p(olver_correction(nu / s0, nu));
-  return x / (nu + 1.0 + s1) * ::exp(log_rest);
+  return x / (nu + 1.0 + s1) * ::exp(olver_log_ratio_rest(nu, x, s0, s1));
+}
+
+// 1 - R for nu >= kOlverMinOrder, to full relative precision where R -> 1
+// (x >> nu): log(x/(nu+1+S1)) = -log1p((nu+1 + (nu+1)^2/(S1+x))/x), then -expm1.
+VISSIAM_HD double olver_bessel_ratio_complement(double nu, double x) {
+  if (x == 0.0) return 1.0;
+  const double s0 = ::hypot(nu, x);
+  const double s1 = ::hypot(nu + 1.0, x);
+  const double lead = -::log1p((nu + 1.0 + (nu + 1.0) * (nu + 1.0) / (s1 + x)) / x);
+  return -::expm1(lead + olver_log_ratio_rest(nu, x, s0, s1));
 }
 
 // Number of unit steps from nu up to the Olver range.
@@ -185,6 +200,21 @@ VISSIAM_HD double bessel_ratio(double nu, double x) {
     ratio = x / (2.0 * (nu + j + 1.0) + x * ratio);
   }
   return ratio;
+}
+
+// 1 - I_{nu+1}(x)/I_nu(x) for nu >= 0, x >= 0, accurate to full relative
+// precision also where the ratio is close to 1, which the vMF second derivative
+// needs. The recurrence is run on q_k = 1 - R_k directly:
+//   q_k = (2(k+1) - x q_{k+1}) / (2(k+1) + x (1 - q_{k+1})),
+// whose numerator does not cancel (x q_{k+1} -> k + 3/2 as x -> inf).
+VISSIAM_HD double bessel_ratio_complement(double nu, double x) {
+  const int n = detail::olver_shift(nu);
+  double complement = detail::olver_bessel_ratio_complement(nu + n, x);
+  for (int j = n - 1; j >= 0; --j) {
+    const double two_k1 = 2.0 * (nu + j + 1.0);
+    complement = (two_k1 - x * complement) / (two_k1 + x * (1.0 - complement));
+  }
+  return complement;
 }
 
 // log I_nu(x) - nu log x for nu >= 0, x >= 0 (at x = 0: -nu log 2 - lgamma(nu+1)).

@@ -72,14 +72,16 @@ VISSIAM_HD double vmf_dlog_normalizer(double kappa, double dim) {
   return -bessel_ratio(0.5 * dim - 1.0, kappa);
 }
 
-// A'(kappa) = 1 - A^2 - (d-1) A / kappa, and A'(0) = 1/d. For A near 1 it is
-// evaluated as q(2 - q) - (d-1)(1 - q)/kappa with q = 1 - A; the two terms still
-// cancel to O(1/kappa^2), leaving ~1e-5 relative error at kappa ~ 1e6 (1e-17 absolute).
+// A'(kappa) = 1 - A^2 - (d-1) A / kappa, and A'(0) = 1/d. Where A is near 1 the
+// terms cancel to O(1/kappa^2); there it is evaluated from q = 1 - A, computed
+// to full relative precision, as q (2 - q) - (d-1)(1 - q)/kappa.
 VISSIAM_HD double vmf_d2log_normalizer(double kappa, double dim) {
   if (kappa == 0.0) return -1.0 / dim;
-  const double ratio = bessel_ratio(0.5 * dim - 1.0, kappa);
-  const double q = 1.0 - ratio;
-  return -(q * (2.0 - q) - (dim - 1.0) * ratio / kappa);
+  const double nu = 0.5 * dim - 1.0;
+  const double q = bessel_ratio_complement(nu, kappa);
+  if (q < 0.5) return -(q * (2.0 - q) - (dim - 1.0) * (1.0 - q) / kappa);
+  const double ratio = bessel_ratio(nu, kappa);
+  return -(1.0 - ratio * ratio - (dim - 1.0) * ratio / kappa);
 }
 
 VISSIAM_HD double log_normalizer(int family, double kappa, double dim) {
