@@ -12,6 +12,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <vector>
 
 #include "vissiam/spherical_math.h"
@@ -30,6 +31,45 @@ namespace {
 
 #define CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
 
+// Eight lanes of double, through GCC/Clang vector extensions: the same lane
+// arithmetic whatever ISA clone runs (AVX-512, AVX2 or SSE2 split it
+// differently), so sums do not depend on the machine's vector width.
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef double f64x8 __attribute__((vector_size(64)));
+
+template <typename scalar_t>
+inline f64x8 load8(const scalar_t* p) {
+  f32x8 v;
+  for (int j = 0; j < 8; ++j) v[j] = static_cast<float>(p[j]);
+  return __builtin_convertvector(v, f64x8);
+}
+template <>
+inline f64x8 load8<float>(const float* p) {
+  f32x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return __builtin_convertvector(v, f64x8);
+}
+template <>
+inline f64x8 load8<double>(const double* p) {
+  f64x8 v;
+  std::memcpy(&v, p, sizeof(v));
+  return v;
+}
+
+template <typename scalar_t>
+inline void store8(scalar_t* p, f64x8 v) {
+  for (int j = 0; j < 8; ++j) p[j] = static_cast<scalar_t>(v[j]);
+}
+template <>
+inline void store8<float>(float* p, f64x8 v) {
+  const f32x8 narrow = __builtin_convertvector(v, f32x8);
+  std::memcpy(p, &narrow, sizeof(narrow));
+}
+template <>
+inline void store8<double>(double* p, f64x8 v) {
+  std::memcpy(p, &v, sizeof(v));
+}
+
 template <typename T>
 inline double to_double(T x) {
   return static_cast<double>(static_cast<float>(x));
@@ -39,45 +79,47 @@ inline double to_double<double>(double x) {
   return x;
 }
 
-// |a|^2, |b|^2 and a.b over n elements, in double. Lanes accumulate
-// independently (vectorizable without reassociation) and are summed in a fixed
-// order, so the result does not depend on the ISA clone chosen.
-template <typename scalar_t>
-VISSIAM_ISA_CLONES RowDots row_dots(const scalar_t* a, const scalar_t* b, int64_t n) {
-  constexpr int kLanes = 16;
-  double aa[kLanes] = {}, bb[kLanes] = {}, ab[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const double x = to_double(a[i + j]);
-      const double y = to_double(b[i + j]);
-      aa[j] += x * x;
-      bb[j] += y * y;
-      ab[j] += x * y;
-    }
-  }
-  for (int j = 0; i < n; ++i, ++j) {
-    const double x = to_double(a[i]);
-    const double y = to_double(b[i]);
-    aa[j] += x * x;
-    bb[j] += y * y;
-    ab[j] += x * y;
-  }
-  for (int width = kLanes / 2; width > 0; width /= 2) {
-    for (int j = 0; j < width; ++j) {
-      aa[j] += aa[j + width];
-      bb[j] += bb[j + width];
-      ab[j] += ab[j + width];
-    }
-  }
-  return RowDots{aa[0], bb[0], ab[0]};
+inline double horizontal_sum(f64x8 v) {
+  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
 }
 
-// out = cx * x + cy * y over n elements, computed in double and rounded once.
+// |a|^2, |b|^2 and a.b over n elements, accumulated in double: two sets of
+// eight lanes (for instruction-level parallelism), summed in a fixed order.
+template <typename scalar_t>
+VISSIAM_ISA_CLONES RowDots row_dots(const scalar_t* a, const scalar_t* b, int64_t n) {
+  f64x8 aa0 = {}, bb0 = {}, ab0 = {}, aa1 = {}, bb1 = {}, ab1 = {};
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const f64x8 x0 = load8(a + i), y0 = load8(b + i);
+    const f64x8 x1 = load8(a + i + 8), y1 = load8(b + i + 8);
+    aa0 += x0 * x0;
+    bb0 += y0 * y0;
+    ab0 += x0 * y0;
+    aa1 += x1 * x1;
+    bb1 += y1 * y1;
+    ab1 += x1 * y1;
+  }
+  double aa = horizontal_sum(aa0 + aa1), bb = horizontal_sum(bb0 + bb1), ab = horizontal_sum(ab0 + ab1);
+  for (; i < n; ++i) {
+    const double x = to_double(a[i]);
+    const double y = to_double(b[i]);
+    aa += x * x;
+    bb += y * y;
+    ab += x * y;
+  }
+  return RowDots{aa, bb, ab};
+}
+
+// out = cx * x + cy * y over n elements, computed in double and rounded once
+// (x and y nearly parallel make the float32 difference lose digits).
 template <typename scalar_t>
 VISSIAM_ISA_CLONES void row_combination(const scalar_t* x, const scalar_t* y, scalar_t* out,
                                         int64_t n, double cx, double cy) {
-  for (int64_t i = 0; i < n; ++i) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    store8(out + i, cx * load8(x + i) + cy * load8(y + i));
+  }
+  for (; i < n; ++i) {
     out[i] = static_cast<scalar_t>(cx * to_double(x[i]) + cy * to_double(y[i]));
   }
 }
