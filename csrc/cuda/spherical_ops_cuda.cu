@@ -37,9 +37,10 @@
 // row's outputs: never a finite wrong answer.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
-#include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_runtime_api.h>
 #include <torch/library.h>
 
 #include <limits>
@@ -53,9 +54,9 @@ namespace {
 #define CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
 // Every tensor an op reads must sit on the device of its first input; the
 // kernels dereference raw pointers, so a CPU tensor here would be a crash.
-#define CHECK_ON_DEVICE(tensor, device, ...)                                                   \
-  CHECK_ARG((tensor).device() == (device), __VA_ARGS__, " must be on ", (device), " (the device " \
-            "of the other inputs); got ", (tensor).device())
+#define CHECK_ON_DEVICE(tensor_, device_, ...)                                             \
+  CHECK_ARG((tensor_).device() == (device_), __VA_ARGS__, " must be on ", (device_),         \
+            " (the device of the other inputs); got ", (tensor_).device())
 
 constexpr int kMaxRowThreads = 512;
 constexpr int kMinBlockThreads = 256;
@@ -124,6 +125,26 @@ StridedScalars strided_scalars(const at::Tensor& t) {
 }
 
 // ---------------------------------------------------------------- launch layout
+// Only c10/cuda and the CUDA runtime are included (not ATen/cuda/CUDAContext.h,
+// which needs the cuBLAS/cuSPARSE headers): a minimal toolkit builds this file.
+cudaStream_t current_stream() { return c10::cuda::getCurrentCUDAStream().stream(); }
+
+// Threads the current device keeps resident, and its multiprocessor count.
+struct DeviceShape {
+  int multiprocessors;
+  int threads_per_multiprocessor;
+};
+
+DeviceShape current_device_shape() {
+  int device = 0;
+  C10_CUDA_CHECK(cudaGetDevice(&device));
+  DeviceShape shape{};
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&shape.multiprocessors, cudaDevAttrMultiProcessorCount, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&shape.threads_per_multiprocessor,
+                                        cudaDevAttrMaxThreadsPerMultiProcessor, device));
+  return shape;
+}
+
 // G threads per row (blockDim.x), rows_per_block rows per block (blockDim.y).
 struct RowLayout {
   int row_threads;
@@ -131,9 +152,8 @@ struct RowLayout {
 };
 
 RowLayout choose_layout(int64_t rows, int64_t dim, int vector_width) {
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int64_t resident = static_cast<int64_t>(props->multiProcessorCount) *
-                           props->maxThreadsPerMultiProcessor;
+  const DeviceShape device = current_device_shape();
+  const int64_t resident = static_cast<int64_t>(device.multiprocessors) * device.threads_per_multiprocessor;
   const int64_t vectors = (dim + vector_width - 1) / vector_width;
   const int64_t wanted = (resident + rows - 1) / std::max<int64_t>(rows, 1);
   int g = kWarp;
@@ -331,7 +351,7 @@ void launch_spherical_nll(NllLaunch& p, bool vectorized) {
   const RowLayout layout = choose_layout(p.rows, p.dim, width);
   const dim3 block(layout.row_threads, layout.rows_per_block);
   const dim3 grid(static_cast<unsigned>(row_blocks(p.rows, layout)));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   if (vectorized) {
     spherical_nll_kernel<scalar_t, kVec><<<grid, block, 0, stream>>>(p);
   } else {
@@ -462,7 +482,7 @@ void launch_scaled_row_combination(const CombinationLaunch& p, bool vectorized) 
   const RowLayout layout = choose_layout(p.rows, p.dim, vectorized ? kVec : 1);
   const dim3 block(layout.row_threads, layout.rows_per_block);
   const dim3 grid(static_cast<unsigned>(row_blocks(p.rows, layout)));
-  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const cudaStream_t stream = current_stream();
   if (vectorized) {
     scaled_row_combination_kernel<scalar_t, kVec><<<grid, block, 0, stream>>>(p);
   } else {
@@ -553,8 +573,7 @@ std::vector<at::Tensor> scaled_row_combination_cuda(const at::Tensor& scale, con
 constexpr int kElementwiseThreads = 256;
 
 int64_t elementwise_blocks(int64_t n) {
-  const auto* props = at::cuda::getCurrentDeviceProperties();
-  const int64_t cap = static_cast<int64_t>(props->multiProcessorCount) * 8;
+  const int64_t cap = static_cast<int64_t>(current_device_shape().multiprocessors) * 8;
   return std::min<int64_t>(cap, (n + kElementwiseThreads - 1) / kElementwiseThreads);
 }
 
@@ -591,7 +610,7 @@ at::Tensor normalizer_quantity_cuda(const at::Tensor& kappa, int64_t dim, int64_
   if (n == 0) return out;
   const StridedScalars k_in{k.data_ptr(), 1, scalar_code(k.scalar_type())};
   normalizer_quantity_kernel<<<elementwise_blocks(n), kElementwiseThreads, 0,
-                               at::cuda::getCurrentCUDAStream()>>>(
+                               current_stream()>>>(
       k_in, n, static_cast<double>(dim), static_cast<int>(family), static_cast<int>(quantity),
       out.data_ptr(), out_double);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -650,7 +669,7 @@ at::Tensor special_function_cuda(c10::string_view name, const at::Tensor& a, con
   const int64_t n = ac.numel();
   if (n == 0) return out;
   special_function_kernel<<<elementwise_blocks(n), kElementwiseThreads, 0,
-                            at::cuda::getCurrentCUDAStream()>>>(
+                            current_stream()>>>(
       fn, ac.data_ptr<double>(), bc.data_ptr<double>(), out.data_ptr<double>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
