@@ -3,7 +3,7 @@
 Marked ``gpu`` and skipped, with the reason, where no CUDA device is visible; run on
 a lent GPU machine with ``pytest -m gpu tests/test_cuda_kernels.py``. The CUDA
 library is built on first use (about a minute per architecture); a build failure
-fails these tests rather than skipping them.
+fails these tests rather than skipping them (only a missing toolkit skips them).
 
 Two kinds of check: the accuracy targets of the issues (float64 reference, the
 mpmath golden table, gradcheck) and agreement with the CPU kernels on the same
@@ -41,7 +41,10 @@ ops = torch.ops.vissiam_kernels
 @pytest.fixture(scope="module", autouse=True)
 def cuda_library():
     _extension.load_cpu_library()
-    _cuda_extension.load()  # builds on first use; raises (fails the tests) if it cannot
+    try:
+        _cuda_extension.load()  # builds on first use; a compile error fails the tests
+    except _cuda_extension.CudaToolkitMissing as error:
+        pytest.skip(f"no CUDA toolkit to build the kernels with: {error}")
     assert _cuda_extension.has_cuda_kernels()
 
 

@@ -50,6 +50,10 @@ class CudaExtensionUnavailable(RuntimeError):
     """The CUDA kernels cannot be built or loaded here; the message says why."""
 
 
+class CudaToolkitMissing(CudaExtensionUnavailable):
+    """No CUDA toolkit (nvcc) to compile the kernels with."""
+
+
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -108,7 +112,7 @@ def find_cuda_toolkit() -> Path:
         explicit = os.environ.get(variable)
         if explicit:
             if not _is_toolkit(explicit):
-                raise CudaExtensionUnavailable(
+                raise CudaToolkitMissing(
                     f"{variable}={explicit} is not a CUDA toolkit (needs bin/nvcc and include/cuda_runtime.h)"
                 )
             root = Path(explicit)
@@ -120,7 +124,7 @@ def find_cuda_toolkit() -> Path:
             candidates.insert(1, Path(os.path.realpath(nvcc)).parent.parent)
         root = next((Path(c) for c in candidates if _is_toolkit(c)), None)
         if root is None:
-            raise CudaExtensionUnavailable(
+            raise CudaToolkitMissing(
                 "no CUDA toolkit found: nvcc is "
                 + (f"at {nvcc} but no toolkit surrounds it" if nvcc else "not on the PATH")
                 + "; install the CUDA toolkit matching torch's CUDA "
@@ -197,7 +201,8 @@ def load() -> None:
     if _state["built"] is not None:
         return
     if _state["error"] is not None:
-        raise CudaExtensionUnavailable(_state["error"])
+        kind, message = _state["error"]
+        raise kind(message)
     if not _flag("VISSIAM_FORCE_CUDA") and not torch.cuda.is_available():
         raise CudaExtensionUnavailable(
             "no CUDA device is visible (torch.cuda.is_available() is False); "
@@ -206,7 +211,7 @@ def load() -> None:
     try:
         build()
     except CudaExtensionUnavailable as error:
-        _state["error"] = str(error)
+        _state["error"] = (type(error), str(error))
         raise
 
 
