@@ -200,6 +200,7 @@ def load() -> None:
         raise CudaExtensionUnavailable("the CUDA kernels are switched off (VISSIAM_NO_CUDA=1)")
     if _state["built"] is not None:
         return
+    _extension.load_cpu_library()  # the op schemas, fake kernels and autograd, for every backend
     if _state["error"] is not None:
         kind, message = _state["error"]
         raise kind(message)
