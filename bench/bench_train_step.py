@@ -1,0 +1,100 @@
+"""End to end: one training step of VI-SimSiam against SimSiam with the same backbone.
+
+The cost of uncertainty as a user sees it: forward of both views, loss, backward, SGD step.
+Providers (comparison group ``train_step <backbone> N=<batch> <size>px D=<dim> <precision> <device>``):
+
+- ``simsiam``: ``vi_simsiam.builder.VISimSiam(distribution="none")`` — SimSiam's -cos loss, no kappa head;
+- ``vi_simsiam``: ``distribution="power_spherical"`` — plus the kappa head and the fused NLL (auto backend);
+- ``vi_simsiam_eager_loss``: the same model with ``VISSIAM_BACKEND=reference``, i.e. the NLL in plain
+  PyTorch: what the fused kernel saves at the step level.
+
+Goal (issue 7): vi_simsiam / simsiam <= 1.02 (checked in bench/conftest.py TARGETS).
+Models are built from one seed, so the shared parts start with the same weights; inputs are random
+images of the backbone's size (the step's cost does not depend on their content).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+import torch
+
+from _harness import bench_profile, device_params
+
+PROVIDERS = {
+    "simsiam": ("none", None),
+    "vi_simsiam": ("power_spherical", None),
+    "vi_simsiam_eager_loss": ("power_spherical", "reference"),
+}
+
+# (backbone, in_channels, batch, image size, precision) per profile and device type.
+CONFIGS = {
+    "quick": {"cpu": [("digits_cnn", 1, 32, 8, "float32")],
+              "cuda": [("resnet18_cifar", 3, 128, 32, "bfloat16")]},
+    "default": {"cpu": [("digits_cnn", 1, 256, 8, "float32")],
+                "cuda": [("resnet18_cifar", 3, 512, 32, "bfloat16"), ("resnet50", 3, 64, 224, "bfloat16")]},
+    "full": {"cpu": [("digits_cnn", 1, 256, 8, "float32"), ("resnet18_cifar", 3, 32, 32, "float32")],
+             "cuda": [("resnet18_cifar", 3, 512, 32, "bfloat16"), ("resnet50", 3, 64, 224, "bfloat16"),
+                      ("resnet50", 3, 64, 224, "float32")]},
+}
+DIM, PRED_DIM, PROJ_HIDDEN_DIM, PROJ_LAYERS = 2048, 512, 2048, 3  # SimSiam's ImageNet heads
+
+
+def pytest_generate_tests(metafunc):
+    if metafunc.function.__name__ != "test_train_step":
+        return
+    configs = CONFIGS[bench_profile(metafunc.config)]
+    cases = []
+    for device_param in device_params(metafunc.config):
+        device = device_param.values[0]
+        for backbone, channels, batch, size, precision in configs[torch.device(device).type]:
+            for provider in PROVIDERS:
+                case_id = f"{backbone}-N{batch}-{size}px-{precision}-{device}-{provider}"
+                cases.append(pytest.param(backbone, channels, batch, size, precision, device, provider,
+                                          marks=device_param.marks, id=case_id))
+    metafunc.parametrize("backbone, channels, batch, size, precision, device, provider", cases)
+
+
+def build(backbone: str, channels: int, distribution: str, device: torch.device):
+    builder = pytest.importorskip("vi_simsiam.builder", reason="vi_simsiam (the model package) is not importable")
+    backbones = pytest.importorskip("vi_simsiam.backbones")
+    torch.manual_seed(0)
+    model = builder.VISimSiam(
+        backbones.build_backbone(backbone, channels),
+        dim=DIM, pred_dim=PRED_DIM, proj_hidden_dim=PROJ_HIDDEN_DIM, proj_layers=PROJ_LAYERS,
+        distribution=distribution,
+    )
+    return model.to(device).train()
+
+
+def test_train_step(measure, threads, monkeypatch, backbone, channels, batch, size, precision, device, provider):
+    device = torch.device(device)
+    distribution, backend = PROVIDERS[provider]
+    if backend:
+        monkeypatch.setenv("VISSIAM_BACKEND", backend)
+    model = build(backbone, channels, distribution, device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=1e-4)
+    g = torch.Generator().manual_seed(1)
+    x1, x2 = (torch.randn(batch, channels, size, size, generator=g).to(device) for _ in range(2))
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bfloat16"
+                else contextlib.nullcontext())
+
+    def step():
+        with autocast:
+            out = model(x1, x2)
+            loss = model.loss(out)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    loss = measure(
+        step,
+        group=f"train_step {backbone} N={batch} {size}px D={DIM} {precision} {device.type}",
+        provider=provider,
+        device=device,
+        warmup=3,
+        backbone=backbone, batch=batch, image_size=size, dim=DIM, precision=precision,
+    )
+    assert torch.isfinite(loss).item(), f"{provider}: non-finite loss {loss.item()}"
