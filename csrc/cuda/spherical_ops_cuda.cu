@@ -13,7 +13,10 @@
 // the batch grows (rows * G ~ the device's resident threads), so a training
 // batch (B = 512, D = 2048) still fills the GPU while B = 64K rows run a warp
 // each. Loads are 16 bytes wide when the row starts and the row stride allow
-// it, scalar otherwise (an odd D in float32, an offset view).
+// it, scalar otherwise (an odd D in float32, an offset view), and each thread
+// issues several before using the first. Kernel-argument tables carry up to
+// kMaxViews views, so both views of a VI-SimSiam step are one launch; kappa,
+// scale and coefficients are read in place in any float dtype and stride.
 //
 // Precision. |mu|^2, |t|^2 and mu.t are accumulated in float64: on the target
 // GPUs (A100, H100, H200: FP64 at 1/2 of FP32) the three DFMA and two F2F
@@ -63,6 +66,13 @@ constexpr int kMinBlockThreads = 256;
 constexpr int kWarp = 32;
 // Views served by one launch (a two-view VI-SimSiam call is one launch).
 constexpr int kMaxViews = 4;
+// 16-byte vectors per input a thread loads before using the first (memory-level
+// parallelism); two for 16-bit types, whose 8-element vectors cost more registers
+// once converted to double.
+template <int VEC>
+constexpr int loads_in_flight() {
+  return VEC >= 8 ? 2 : 4;
+}
 
 // ---------------------------------------------------------------- element access
 template <typename T>
@@ -248,20 +258,35 @@ template <typename scalar_t, int VEC>
 __device__ __forceinline__ void accumulate_row(const scalar_t* m, const scalar_t* t, int64_t dim,
                                                RowDots& d) {
   using V = Vector<scalar_t, VEC>;
+  constexpr int kLoadsInFlight = loads_in_flight<VEC>();
   const int64_t vectors = dim / VEC;
   const V* mv = reinterpret_cast<const V*>(m);
   const V* tv = reinterpret_cast<const V*>(t);
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
-    const V a = mv[j];
-    const V b = tv[j];
+  // kLoadsInFlight vectors of each input are loaded (predicated) before the
+  // first is used; the zero fill past the end adds exact zeros.
+  for (int64_t base = threadIdx.x; base < vectors; base += kLoadsInFlight * blockDim.x) {
+    V a[kLoadsInFlight], b[kLoadsInFlight];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      const double x = to_double(a.v[k]);
-      const double y = to_double(b.v[k]);
-      d.mu_mu += x * x;
-      d.target_target += y * y;
-      d.mu_target += x * y;
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t j = base + u * static_cast<int64_t>(blockDim.x);
+      if (j < vectors) {
+        a[u] = mv[j];
+        b[u] = tv[j];
+      } else {
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) a[u].v[k] = b[u].v[k] = scalar_t(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+#pragma unroll
+      for (int k = 0; k < VEC; ++k) {
+        const double x = to_double(a[u].v[k]);
+        const double y = to_double(b[u].v[k]);
+        d.mu_mu += x * x;
+        d.target_target += y * y;
+        d.mu_target += x * y;
+      }
     }
   }
   if (VEC > 1) {
@@ -454,20 +479,33 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   scalar_t* o = static_cast<scalar_t*>(p.out[v]) + local * p.dim;
 
   using V = Vector<scalar_t, VEC>;
+  constexpr int kLoadsInFlight = loads_in_flight<VEC>();
   const int64_t vectors = p.dim / VEC;
   const V* xv = reinterpret_cast<const V*>(x);
   const V* yv = reinterpret_cast<const V*>(y);
   V* ov = reinterpret_cast<V*>(o);
-#pragma unroll 4
-  for (int64_t j = threadIdx.x; j < vectors; j += blockDim.x) {
-    const V xj = xv[j];
-    const V yj = yv[j];
-    V oj;
+  for (int64_t base = threadIdx.x; base < vectors; base += kLoadsInFlight * blockDim.x) {
+    V xs[kLoadsInFlight], ys[kLoadsInFlight];
 #pragma unroll
-    for (int k = 0; k < VEC; ++k) {
-      oj.v[k] = static_cast<scalar_t>(a * to_double(xj.v[k]) + b * to_double(yj.v[k]));
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t j = base + u * static_cast<int64_t>(blockDim.x);
+      if (j < vectors) {
+        xs[u] = xv[j];
+        ys[u] = yv[j];
+      }
     }
-    ov[j] = oj;
+#pragma unroll
+    for (int u = 0; u < kLoadsInFlight; ++u) {
+      const int64_t j = base + u * static_cast<int64_t>(blockDim.x);
+      if (j < vectors) {
+        V oj;
+#pragma unroll
+        for (int k = 0; k < VEC; ++k) {
+          oj.v[k] = static_cast<scalar_t>(a * to_double(xs[u].v[k]) + b * to_double(ys[u].v[k]));
+        }
+        ov[j] = oj;
+      }
+    }
   }
   if (VEC > 1) {
     for (int64_t j = vectors * VEC + threadIdx.x; j < p.dim; j += blockDim.x) {
