@@ -665,6 +665,7 @@ enum SpecialFunction : int {
   kLogBesselI,
   kLogBesselIScaled,
   kBesselRatio,
+  kBesselRatioComplement,
 };
 
 __global__ void special_function_kernel(int fn, const double* a, const double* b, double* out,
@@ -679,7 +680,8 @@ __global__ void special_function_kernel(int fn, const double* a, const double* b
       case kLog2PlusDigammaDifference: r = log2_plus_digamma_difference(a[i], b[i]); break;
       case kLogBesselI: r = log_bessel_i(a[i], b[i]); break;
       case kLogBesselIScaled: r = log_bessel_i_scaled(a[i], b[i]); break;
-      default: r = bessel_ratio(a[i], b[i]); break;
+      case kBesselRatio: r = bessel_ratio(a[i], b[i]); break;
+      default: r = bessel_ratio_complement(a[i], b[i]); break;
     }
     out[i] = r;
   }
@@ -700,6 +702,7 @@ at::Tensor special_function_cuda(c10::string_view name, const at::Tensor& a, con
   else if (name == "log_bessel_i") fn = kLogBesselI;
   else if (name == "log_bessel_i_scaled") fn = kLogBesselIScaled;
   else if (name == "bessel_ratio") fn = kBesselRatio;
+  else if (name == "bessel_ratio_complement") fn = kBesselRatioComplement;
   CHECK_ARG(fn >= 0, "unknown special function name: ", name);
   const c10::cuda::CUDAGuard device_guard(a.device());
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
