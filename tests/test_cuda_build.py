@@ -10,16 +10,19 @@ The other tests here check the build knobs and the error messages without compil
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 
 import pytest
 import torch
 
-from vissiam_kernels import _cuda_extension, _dispatch
+from vissiam_kernels import _cuda_extension, _dispatch, _extension
 
 CI_ARCH = os.environ.get("VISSIAM_CI_CUDA_ARCH", "9.0")
-OPS = ("spherical_nll", "scaled_row_combination", "normalizer_quantity", "special_function")
+SOURCES = _extension.source_dir()
+# Every op of the schema file needs a CUDA kernel.
+OPS = tuple(re.findall(r'm\.def\("(\w+)\(', (SOURCES / "ops.cpp").read_text()))
 
 
 def _nvcc_absent_reason() -> str | None:
@@ -51,6 +54,17 @@ def test_cuda_extension_compiles_and_registers_cuda_kernels(monkeypatch):
     # Loaded with VISSIAM_FORCE_CUDA=1, load() is then a no-op even without a GPU.
     monkeypatch.setenv("VISSIAM_FORCE_CUDA", "1")
     _cuda_extension.load()
+
+
+def test_cuda_source_serves_every_op_and_special_function_of_the_cpu_source():
+    """Caught here, without compiling: an op or special-function name added on CPU but not on CUDA."""
+    cpu = (SOURCES / "cpu" / "spherical_ops_cpu.cpp").read_text()
+    cuda = "\n".join(path.read_text() for path in sorted((SOURCES / "cuda").glob("*.cu")))
+    assert {"spherical_nll", "scaled_row_combination", "normalizer_quantity"} <= set(OPS)
+    impl = r'm\.impl\("(\w+)"'
+    assert set(re.findall(impl, cuda)) == set(OPS) == set(re.findall(impl, cpu))
+    names = r'name == "(\w+)"'
+    assert set(re.findall(names, cuda)) == set(re.findall(names, cpu))
 
 
 def test_arch_flags():
