@@ -44,7 +44,7 @@ the sums, may differ between processes).
 
 Environment: ``VISSIAM_TRITON_MAX_BLOCK_D`` (largest D chunk, default 8192),
 ``VISSIAM_TRITON_BLOCK_ROWS`` (rows per program, default from D), ``VISSIAM_TRITON_ACCUMULATE``
-(``float32`` default | ``float64``: accumulation of the row sums for 16/32-bit inputs),
+(``float64`` default | ``float32``: accumulation of the row sums for 16/32-bit inputs),
 ``VISSIAM_TRITON_AUTOTUNE``, ``VISSIAM_TRITON_CHECK_KAPPA``.
 """
 
@@ -82,13 +82,21 @@ MAX_BLOCK_D = _env_int("VISSIAM_TRITON_MAX_BLOCK_D", 8192)
 """Largest chunk of D one program holds; rows up to this length are read once (see the kernel)."""
 BLOCK_ROWS = _env_int("VISSIAM_TRITON_BLOCK_ROWS", 0)
 """Rows per program; 0 = from the table in ``row_config``."""
-ACCUMULATE_FLOAT64 = os.environ.get("VISSIAM_TRITON_ACCUMULATE", "float32").strip().lower() == "float64"
+ACCUMULATE_FLOAT64 = os.environ.get("VISSIAM_TRITON_ACCUMULATE", "float64").strip().lower() != "float32"
+"""Row sums (|mu|^2, |t|^2, mu.t) and the gradient combination in float64 (default) or float32.
+
+float64 because the NLL's kappa * log1p(c) turns the float32 rounding of c (~1e-7) into
+errors far above the 1e-6 relative target when kappa is large and |NLL| small (measured
+under the interpreter: 1e-4 relative at d = 2, kappa ~ 500); products of float32 values are
+exact in float64. On A100/H100/H200 (FP64 at half the FP32 rate) the 3 DFMA and 2
+conversions per element pair stay far below the memory time. ``VISSIAM_TRITON_ACCUMULATE=float32``
+is for GPUs with little FP64 throughput."""
 CHECK_KAPPA = os.environ.get("VISSIAM_TRITON_CHECK_KAPPA", "1").strip() != "0"
 AUTOTUNE = os.environ.get("VISSIAM_TRITON_AUTOTUNE", "0").strip() == "1"
 
 OLVER_MIN_ORDER = 30.0  # special_functions.h kOlverMinOrder
+ASYMPTOTIC_MIN_ARGUMENT = 10.0  # special_functions.h kAsymptoticMinArgument
 
-_DOUBLE_MAX = torch.finfo(torch.float64).max
 
 
 def interpreted() -> bool:
@@ -117,7 +125,10 @@ def row_config(dim: int) -> tuple[int, int, int]:
     else:
         block_r = max(1, min(16, 2048 // block_d))
     elements = block_r * block_d
-    num_warps = 4 if elements < 2048 else 8 if elements < 8192 else 16
+    # Few warps per row: the per-row float64 math is computed by every thread of the program
+    # (a row's scalars are replicated across its threads), so 4 warps on a 2048-long row do half
+    # the float64 work of 8, while 16 elements per thread per tensor keep the loads wide.
+    num_warps = 2 if elements <= 1024 else 4 if elements <= 4096 else 8 if elements <= 8192 else 16
     return block_r, block_d, num_warps
 
 
@@ -182,6 +193,19 @@ def olver_shift(dim: int) -> int:
     return 0 if nu >= OLVER_MIN_ORDER else math.ceil(OLVER_MIN_ORDER - nu)
 
 
+def asymptotic_steps(family: int, dim: int) -> int:
+    """Masked unit steps the kernels take to reach the asymptotic range of their series:
+    vMF, the order nu = d/2 - 1 up to 30 (Olver); power spherical, the gamma argument
+    alpha = (d-1)/2 + kappa >= (d-1)/2 up to 10 (Stirling) — none at all for d >= 21, so the
+    per-row math of a training call is short."""
+    if family == 1:
+        return olver_shift(dim)
+    if family == 2:
+        beta = 0.5 * (dim - 1.0)
+        return 0 if beta >= ASYMPTOTIC_MIN_ARGUMENT else math.ceil(ASYMPTOTIC_MIN_ARGUMENT - beta)
+    return 0
+
+
 # ================================================================ argument checks (as csrc/cpu)
 def _is_fake(t: torch.Tensor) -> bool:
     """Traced (fake / functional) tensors: no values to check, no data to read."""
@@ -242,13 +266,13 @@ def _check_kappa_values(kappa: torch.Tensor, where) -> None:
     if kappa.device.type == "cpu":
         if _is_fake(kappa):
             return
-        valid = (kappa >= 0) & (kappa <= _DOUBLE_MAX)
+        valid = (kappa >= 0) & torch.isfinite(kappa)
         if not bool(valid.all()):
             index = int((~valid).reshape(-1).nonzero()[0, 0])
             value = kappa.reshape(-1)[index].item()
             raise ValueError(f"kappa must be finite and >= 0; got {value} {where(index)}")
     elif CHECK_KAPPA:
-        torch._assert_async(((kappa >= 0) & (kappa <= _DOUBLE_MAX)).all(), "kappa must be finite and >= 0")
+        torch._assert_async(((kappa >= 0) & torch.isfinite(kappa)).all(), "kappa must be finite and >= 0")
 
 
 def _unit_inner_stride(x: torch.Tensor) -> torch.Tensor:
@@ -296,7 +320,7 @@ def spherical_nll_forward(mu, target, kappa, family: int, grad_weight: float = 1
     applied = torch.empty((total if grad_mu or grad_target else 0,), dtype=torch.float64, device=device)
     for v, k in enumerate(kappa):
         _check_kappa_values(k, lambda i, v=v: f"in row {i} of view {v}")
-    shift = olver_shift(dim) if family == 1 else 0
+    steps = asymptotic_steps(family, dim)
     offset = 0
     for group in _view_groups(mu, kappa, family):
         v0, v1 = group[0], group[-1]
@@ -314,7 +338,7 @@ def spherical_nll_forward(mu, target, kappa, family: int, grad_weight: float = 1
                 mu[v1].stride(0), target[v1].stride(0), ks1,
                 rows[v0], group_rows, offset,
                 nll, state, applied if (grad_mu or grad_target) else state, float(grad_weight),
-                shift,
+                steps,
                 FAMILY=family, TWO_VIEWS=len(group) == 2,
                 WRITE_GRAD_MU=grad_mu, WRITE_GRAD_TARGET=grad_target,
                 ACC_F64=_accumulate_f64(mu[v0].dtype),
@@ -416,7 +440,7 @@ def normalizer_quantity_forward(kappa: torch.Tensor, dim: int, family: int, quan
         wrapped = wrap_triton(kernels.normalizer_quantity_kernel) if wrap_triton is not None else (
             kernels.normalizer_quantity_kernel)
         wrapped[(triton.cdiv(n, block),)](
-            flat, out, n, int(dim), olver_shift(dim) if family == 1 else 0,
+            flat, out, n, int(dim), asymptotic_steps(family, dim),
             FAMILY=family, QUANTITY=quantity, BLOCK=block, num_warps=4,
         )
     return out
@@ -465,20 +489,29 @@ def _define(name: str, schema: str, fn):
     return op
 
 
-def _spherical_nll(mu, target, kappa, family):
+# Annotated so that the schema can also be inferred: torch releases whose triton_op ignores
+# ``schema`` (2.7) infer it from these annotations ("int" then becomes "SymInt").
+Tensor = torch.Tensor
+
+
+def _spherical_nll(mu: list[Tensor], target: list[Tensor], kappa: list[Tensor], family: int) -> tuple[Tensor, Tensor]:
     nll, state, _, _, _ = spherical_nll_forward(mu, target, kappa, family)
     return nll, state
 
 
-def _spherical_nll_with_grad(mu, target, kappa, family, grad_weight, grad_mu, grad_target):
+def _spherical_nll_with_grad(
+    mu: list[Tensor], target: list[Tensor], kappa: list[Tensor], family: int, grad_weight: float, grad_mu: bool,
+    grad_target: bool,
+) -> tuple[Tensor, Tensor, list[Tensor], list[Tensor], Tensor]:
     return spherical_nll_forward(mu, target, kappa, family, grad_weight, grad_mu, grad_target)
 
 
-def _scaled_row_combination(scale, coef_x, coef_y, x, y):
+def _scaled_row_combination(scale: Tensor, coef_x: Tensor, coef_y: Tensor, x: list[Tensor],
+                            y: list[Tensor]) -> list[Tensor]:
     return scaled_row_combination_forward(scale, coef_x, coef_y, x, y)
 
 
-def _normalizer_quantity(kappa, dim, family, quantity):
+def _normalizer_quantity(kappa: Tensor, dim: int, family: int, quantity: int) -> Tensor:
     return normalizer_quantity_forward(kappa, dim, family, quantity)
 
 
@@ -559,8 +592,9 @@ def _fused_backward(ctx, grad_nll, grad_state, grad_out_mu, grad_out_target, gra
     if ctx.kappa_dtypes and any(needs_kappa):
         per_row = grad_nll.to(torch.float64) * state[:, 3]
         grad_kappa = [g.to(dt) for g, dt in zip(per_row.split(ctx.rows), ctx.kappa_dtypes)]
-    return (out_mu if ctx.has_mu else None, out_target if ctx.has_target else None, grad_kappa,
-            None, None, None, None)
+    views = len(ctx.rows)
+    return (out_mu if ctx.has_mu else [None] * views, out_target if ctx.has_target else [None] * views,
+            grad_kappa, None, None, None, None)
 
 
 _registered = {"autograd": False}
