@@ -1,0 +1,403 @@
+"""Pretraining (SimSiam's ``main_simsiam.py``): one process on CPU / one GPU, or N under torchrun.
+
+    run(cfg, resume)  ->  summary dict; the run directory holds
+        config.json       the resolved configuration
+        checkpoint.pt     the latest training state (atomic; every epoch and on SIGTERM/SIGINT)
+        metrics.jsonl     every logged record; metrics.csv one row per epoch; tb/ TensorBoard
+        eval.json         kNN top-1 and kappa statistics on the held-out split (when evaluated)
+        test_kappa.csv    kappa, label, kNN prediction for every held-out image
+
+Exactness: on CPU with ``deterministic`` and a fixed thread count, a run killed at any point and
+resumed with ``--resume auto`` ends bitwise equal to an uninterrupted one (tested with SIGKILL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from . import checkpoint as ckpt
+from . import config as config_lib
+from . import distributed
+from .augmentations import build_transforms
+from .builder import VISimSiam, build_model
+from .data import ConfigError, GlobalBatchSampler, TwoViewDataset, build_datasets, worker_init
+from .runlog import RunLogger
+
+RUNS_ROOT = Path("runs")
+
+
+# ---------------------------------------------------------------------------- run directory
+def _probe_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(f"output directory {run_dir} is not writable: {error.strerror or error}") from error
+
+
+def new_run_dir(cfg: config_lib.Config) -> Path:
+    """A fresh directory for a new run; never one that already holds something."""
+    if cfg.output_dir:
+        run_dir = Path(cfg.output_dir).expanduser()
+        if run_dir.exists() and not run_dir.is_dir():
+            raise ConfigError(f"--output-dir {run_dir} exists and is not a directory")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            hint = " (it holds a checkpoint: pass --resume auto to continue it)" if (run_dir / ckpt.CHECKPOINT_NAME).exists() else ""
+            raise ConfigError(
+                f"--output-dir {run_dir} is not empty{hint}; choose a new directory — an existing run is never overwritten"
+            )
+    else:
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_dir = RUNS_ROOT / f"{cfg.preset}-{cfg.distribution}-{stamp}"
+        suffix = 1
+        while run_dir.exists():
+            suffix += 1
+            run_dir = RUNS_ROOT / f"{cfg.preset}-{cfg.distribution}-{stamp}-{suffix}"
+    _probe_writable(run_dir)
+    return run_dir
+
+
+def find_checkpoint(resume: str, cfg: config_lib.Config) -> Path:
+    """The checkpoint ``--resume`` names: "auto" (in --output-dir, else the newest run of the preset) or a path."""
+    if resume == "auto":
+        if cfg.output_dir:
+            path = Path(cfg.output_dir).expanduser() / ckpt.CHECKPOINT_NAME
+            if not path.is_file():
+                raise ConfigError(f"--resume auto: no {ckpt.CHECKPOINT_NAME} in {cfg.output_dir}; nothing to resume "
+                                  "(drop --resume to start a new run)")
+            return path
+        candidates = sorted(
+            RUNS_ROOT.glob(f"{cfg.preset}-{cfg.distribution}-*/{ckpt.CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime
+        )
+        if not candidates:
+            raise ConfigError(f"--resume auto: no run of preset {cfg.preset!r} ({cfg.distribution}) with a checkpoint "
+                              f"under {RUNS_ROOT}/; nothing to resume (drop --resume, or pass --output-dir RUN_DIR)")
+        return candidates[-1]
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        path = path / ckpt.CHECKPOINT_NAME
+    if not path.is_file():
+        raise ConfigError(f"--resume {resume}: no checkpoint at {path}")
+    return path
+
+
+# ---------------------------------------------------------------------------- optimization
+def param_groups(model: VISimSiam, cfg: config_lib.Config) -> list[dict]:
+    """encoder + projector | predictor (fixed lr after warmup with fix_pred_lr, as SimSiam) | kappa head.
+
+    The kappa head's lr is multiplied by its ``lr_scale`` (1 / (d - 1): see ``builder.KappaHead``).
+    """
+    lr = cfg.lr * cfg.batch_size / 256
+    groups = [
+        {"name": "encoder", "params": [*model.encoder.parameters(), *model.projector.parameters()], "lr": lr},
+        {"name": "predictor", "params": list(model.predictor.parameters()), "lr": lr},
+    ]
+    if model.kappa_head is not None:
+        groups.append({"name": "kappa_head", "params": list(model.kappa_head.parameters()),
+                       "lr": lr * model.kappa_head.lr_scale})
+    return groups
+
+
+def lr_lambdas(cfg: config_lib.Config, steps_per_epoch: int, groups: list[dict]):
+    """Per-group multipliers of the step index: linear warmup, then cosine to 0 (or constant)."""
+    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1.0 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    def constant(step: int) -> float:
+        return (step + 1) / warmup if step < warmup else 1.0
+
+    return [constant if (g["name"] == "predictor" and cfg.fix_pred_lr) else cosine for g in groups]
+
+
+def resolve_amp(cfg: config_lib.Config, device: torch.device) -> torch.dtype | None:
+    if cfg.amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if cfg.amp == "none":
+        return None
+    if device.type != "cuda":
+        raise ConfigError(f"--amp {cfg.amp} needs a CUDA device (on CPU pass --amp none)")
+    return torch.bfloat16 if cfg.amp == "bf16" else torch.float16
+
+
+# ---------------------------------------------------------------------------- statistics
+@torch.no_grad()
+def batch_statistics(out) -> dict[str, torch.Tensor]:
+    """Tensors (no host sync): kappa mean/min/max and the collapse monitor std(normalize(z)) * sqrt(d).
+
+    The monitor is ~1 for well-spread outputs and 0 at collapse (SimSiam, Sec. 4.1 / solo-learn).
+    """
+    z = torch.nn.functional.normalize(out.z1.float(), dim=1)
+    stats = {"z_std": z.std(dim=0).mean() * math.sqrt(z.shape[1])}
+    if out.kappa1 is not None:
+        kappa = torch.cat([out.kappa1, out.kappa2]).float()
+        stats.update(kappa_mean=kappa.mean(), kappa_min=kappa.min(), kappa_max=kappa.max())
+    return stats
+
+
+# ---------------------------------------------------------------------------- the run
+class Trainer:
+    def __init__(self, cfg: config_lib.Config, ctx: distributed.Context, run_dir: Path, resume_from: Path | None):
+        self.cfg, self.ctx, self.run_dir = cfg, ctx, run_dir
+        self.pretrain_set, self.eval_train_set, self.eval_test_set = build_datasets(cfg)
+        self.sampler = GlobalBatchSampler(len(self.pretrain_set), cfg.batch_size, ctx.world_size, ctx.rank, cfg.seed)
+        transform = build_transforms(cfg.augmentation, train=True, image_size=cfg.image_size)
+        self.loader = DataLoader(
+            TwoViewDataset(self.pretrain_set, transform, cfg.seed),
+            batch_sampler=self.sampler,
+            num_workers=cfg.workers,
+            pin_memory=ctx.device.type == "cuda",
+            persistent_workers=cfg.workers > 0,
+            worker_init_fn=worker_init if cfg.workers > 0 else None,
+        )
+        self.steps_per_epoch = len(self.pretrain_set) // cfg.batch_size
+
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg).to(ctx.device)
+        if ctx.distributed:
+            self.model = distributed.convert_sync_batchnorm(self.model, ctx.device)
+        self.amp_dtype = resolve_amp(cfg, ctx.device)
+        groups = param_groups(self.model, cfg)
+        self.optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambdas(cfg, self.steps_per_epoch, groups))
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
+        self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
+        if resume_from is not None:
+            self._load(resume_from)
+        self.net = self.model
+        if ctx.distributed:
+            self.net = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, broadcast_buffers=False
+            )
+
+    # -- state
+    def state(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_states(),
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _load(self, path: Path) -> None:
+        state = ckpt.load(path)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        ckpt.set_rng_states(state["rng"])
+        self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
+
+    def save(self) -> None:
+        if self.ctx.is_main:
+            ckpt.save_atomic(self.state(), self.run_dir / ckpt.CHECKPOINT_NAME)
+
+    @property
+    def finished(self) -> bool:
+        return self.epoch >= self.cfg.epochs
+
+    # -- training
+    def train_step(self, x1: torch.Tensor, x2: torch.Tensor):
+        autocast = (
+            torch.autocast(self.ctx.device.type, dtype=self.amp_dtype) if self.amp_dtype else contextlib.nullcontext()
+        )
+        with autocast:
+            out = self.net(x1, x2)
+        loss = self.model.loss(out)  # float32 whatever the autocast dtype (the kernels accumulate in fp32)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), out
+
+    def train(self, logger: RunLogger, stopper: ckpt.StopOnSignal) -> None:
+        from tqdm import tqdm
+
+        cfg, ctx = self.cfg, self.ctx
+        total = cfg.epochs * self.steps_per_epoch
+        bar = tqdm(total=total, initial=self.step, disable=None if ctx.is_main else True, dynamic_ncols=True,
+                   desc=f"{cfg.preset} {cfg.distribution}", file=sys.stderr)
+        print_every = max(1, cfg.epochs // 10)
+        self.net.train()
+        while not self.finished:
+            start_batch = self.batch_in_epoch
+            self.sampler.set_epoch(self.epoch, start_batch)
+            sums, count, started = {}, 0, time.time()
+            for x1, x2 in self.loader:
+                x1 = x1.to(ctx.device, non_blocking=True)
+                x2 = x2.to(ctx.device, non_blocking=True)
+                loss, out = self.train_step(x1, x2)
+                self.step += 1
+                self.batch_in_epoch += 1
+                stats = {"loss": loss, **batch_statistics(out)}
+                for key, value in stats.items():
+                    sums[key] = sums.get(key, 0.0) + value
+                count += 1
+                bar.update(1)
+                if self.step % cfg.log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
+                    values = {key: value.item() for key, value in stats.items()}
+                    if not math.isfinite(values["loss"]):
+                        raise FloatingPointError(
+                            f"loss is {values['loss']} at step {self.step}; the last good state is in "
+                            f"{self.run_dir / ckpt.CHECKPOINT_NAME} (try a lower --lr or a longer --warmup-epochs)"
+                        )
+                    values["lr"] = self.optimizer.param_groups[0]["lr"]
+                    bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
+                    if ctx.is_main:
+                        logger.log("step", self.step, **values)
+                if distributed.any_rank(stopper.requested, ctx):
+                    self.save()
+                    return
+            epoch_values = {"epoch": self.epoch + 1, "seconds": round(time.time() - started, 3),
+                            "lr": self.optimizer.param_groups[0]["lr"]}
+            if count:  # a run stopped right after an epoch's last batch resumes into an empty remainder
+                means = distributed.all_reduce_mean(torch.stack([v / count for v in sums.values()]).float(), ctx)
+                epoch_values.update(zip(sums, means.tolist()))
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.save()
+            if ctx.is_main:
+                logger.log("epoch", self.step, **epoch_values)
+                # Without a terminal tqdm stays silent: print a line every tenth of the run instead.
+                if bar.disable and (self.epoch % print_every == 0 or self.finished):
+                    shown = ", ".join(f"{k} {v:.4g}" for k, v in epoch_values.items() if k not in ("epoch", "seconds"))
+                    print(f"epoch {self.epoch}/{cfg.epochs}: {shown}", flush=True)
+        bar.close()
+
+
+def evaluate(trainer: Trainer) -> dict:
+    """kNN top-1 on the held-out split and kappa for every held-out image; writes eval.json, test_kappa.csv."""
+    import json
+
+    from .features import extract
+    from .knn import knn_predict
+
+    cfg, model, device = trainer.cfg, trainer.model, trainer.ctx.device
+    train_f, _, train_y = extract(model, trainer.eval_train_set, cfg.eval_batch_size, device, cfg.workers)
+    test_f, test_kappa, test_y = extract(model, trainer.eval_test_set, cfg.eval_batch_size, device, cfg.workers)
+    num_classes = int(max(train_y.max(), test_y.max())) + 1
+    predictions, _ = knn_predict(train_f.to(device), train_y, test_f.to(device), num_classes, cfg.knn_k, cfg.knn_temperature)
+    predictions = predictions.cpu()
+    correct = predictions == test_y
+    result = {
+        "knn_top1": correct.float().mean().item(),
+        "knn_k": cfg.knn_k,
+        "knn_temperature": cfg.knn_temperature,
+        "num_test": len(test_y),
+        "num_train": len(train_y),
+        "epoch": trainer.epoch,
+    }
+    if test_kappa is not None:
+        q = torch.quantile(test_kappa.double(), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64))
+        result["kappa"] = dict(zip(["min", "p10", "median", "p90", "max"], q.tolist()))
+        result["kappa"]["mean"] = test_kappa.mean().item()
+    (trainer.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    with open(trainer.run_dir / "test_kappa.csv", "w") as handle:
+        handle.write("index,label,knn_prediction,correct,kappa\n")
+        for i in range(len(test_y)):
+            kappa = f"{test_kappa[i].item():.6g}" if test_kappa is not None else ""
+            handle.write(f"{i},{test_y[i].item()},{predictions[i].item()},{int(correct[i])},{kappa}\n")
+    return result
+
+
+def summary_text(cfg: config_lib.Config, result: dict, seconds: float, run_dir: Path) -> str:
+    name = "SimSiam" if cfg.distribution == "none" else f"VI-SimSiam ({cfg.distribution})"
+    lines = [
+        f"{name} on {cfg.dataset}: {cfg.epochs} epochs, {seconds:.0f} s wall time ({torch.get_num_threads()} CPU threads)",
+        f"  kNN top-1 (k={result['knn_k']}, t={result['knn_temperature']}) on {result['num_test']} held-out images: "
+        f"{result['knn_top1']:.4f}",
+    ]
+    if "kappa" in result:
+        k = result["kappa"]
+        lines.append(f"  kappa on held-out images: median {k['median']:.4g}, 10-90% [{k['p10']:.4g}, {k['p90']:.4g}], "
+                     f"range [{k['min']:.4g}, {k['max']:.4g}] (d = {cfg.dim})")
+    lines.append(f"  run directory: {run_dir}")
+    return "\n".join(lines)
+
+
+def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | None = None) -> dict:
+    """Pretrain (and evaluate) with ``cfg``; ``resume`` = None | "auto" | a checkpoint or run directory.
+
+    ``overrides`` are the settings given explicitly on the command line: on resume they are checked
+    against the saved config (see ``config.merge_for_resume``).
+    """
+    started = time.time()
+    ctx = distributed.setup(cfg.device)
+    try:
+        # Rank 0 decides the run directory (a timestamped name differs between processes)
+        # and every rank gets the same answer or the same error.
+        try:
+            decision = None
+            if ctx.is_main:
+                if resume:
+                    path = find_checkpoint(resume, cfg)
+                    saved = config_lib.load(path.parent / "config.json")
+                    cfg_resumed = config_lib.merge_for_resume(saved, overrides or {})
+                    _probe_writable(path.parent)
+                    decision = ("resume", str(path), cfg_resumed.to_dict())
+                else:
+                    decision = ("new", str(new_run_dir(cfg)), cfg.to_dict())
+        except ConfigError as error:
+            decision = ("error", str(error), None)
+        decision = distributed.broadcast_object(decision, ctx)
+        if decision[0] == "error":
+            raise ConfigError(decision[1])
+        kind, where, values = decision
+        cfg = config_lib.Config(**values)
+        resume_from = Path(where) if kind == "resume" else None
+        run_dir = Path(where).parent if kind == "resume" else Path(where)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+
+        trainer = Trainer(cfg, ctx, run_dir, resume_from)
+        if ctx.is_main:
+            if kind == "new":
+                config_lib.save(cfg, run_dir / "config.json")
+                trainer.save()  # step 0: a run killed in its first epoch can be resumed too
+            print(f"{'resuming' if resume_from else 'starting'} {cfg.preset} ({cfg.distribution}) in {run_dir} "
+                  f"at epoch {trainer.epoch}, step {trainer.step}; {ctx.world_size} process(es) on {ctx.device}",
+                  flush=True)
+        logger = RunLogger(run_dir, enabled=ctx.is_main, purge_step=trainer.step if resume_from else None)
+        try:
+            with ckpt.StopOnSignal() as stopper:
+                trainer.train(logger, stopper)
+            if stopper.requested:
+                if ctx.is_main:
+                    print(f"stopped by signal {stopper.signum} at epoch {trainer.epoch}, step {trainer.step}; "
+                          f"checkpoint saved; continue with: --resume auto --output-dir {run_dir}", file=sys.stderr,
+                          flush=True)
+                raise SystemExit(128 + stopper.signum)
+            result = {"run_dir": str(run_dir), "epoch": trainer.epoch, "step": trainer.step}
+            if cfg.evaluate and ctx.is_main:
+                result.update(evaluate(trainer))
+                logger.log("eval", trainer.step, **{k: v for k, v in result.items() if k != "step" and isinstance(v, (int, float))})
+                seconds = time.time() - started
+                result["seconds"] = seconds
+                print(summary_text(cfg, result, seconds, run_dir), flush=True)
+            return result
+        finally:
+            logger.close()
+    finally:
+        distributed.teardown()
