@@ -15,6 +15,7 @@
 #include <cstring>
 #include <vector>
 
+#include "vissiam/op_checks.h"
 #include "vissiam/spherical_math.h"
 
 // Runtime ISA dispatch for the row loops (AVX-512 / AVX2 / baseline), so the
@@ -29,7 +30,7 @@
 namespace vissiam {
 namespace {
 
-#define CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
+#define CHECK_ARG VISSIAM_CHECK_ARG
 
 // Eight lanes of double, through GCC/Clang vector extensions: the same lane
 // arithmetic whatever ISA clone runs (AVX-512, AVX2 or SSE2 split it
@@ -132,39 +133,9 @@ at::Tensor unit_inner_stride(const at::Tensor& x) {
   return x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
 }
 
-void check_views(const at::TensorList mu, const at::TensorList target, const at::TensorList kappa,
-                 int64_t family) {
-  CHECK_ARG(family == kCosine || family == kVonMisesFisher || family == kPowerSpherical,
-            "family must be 0 (cosine), 1 (vMF) or 2 (power spherical); got ", family);
-  CHECK_ARG(!mu.empty(), "mu must hold at least one view");
-  CHECK_ARG(mu.size() == target.size(), "mu and target must hold the same number of views; got ",
-            mu.size(), " and ", target.size());
-  CHECK_ARG(family == kCosine ? kappa.empty() : kappa.size() == mu.size(),
-            "kappa must hold one tensor per view (none for the cosine family); got ", kappa.size(),
-            " for ", mu.size(), " views");
-  const int64_t dim = mu[0].dim() == 2 ? mu[0].size(1) : -1;
-  for (size_t v = 0; v < mu.size(); ++v) {
-    CHECK_ARG(mu[v].dim() == 2 && mu[v].size(1) == dim, "mu[", v, "] must have shape (B, ", dim,
-              "); got ", mu[v].sizes());
-    CHECK_ARG(target[v].sizes() == mu[v].sizes(), "target[", v, "] must have mu[", v,
-              "]'s shape ", mu[v].sizes(), "; got ", target[v].sizes());
-    CHECK_ARG(target[v].scalar_type() == mu[v].scalar_type(), "target[", v,
-              "] must have mu's dtype ", mu[v].scalar_type(), "; got ", target[v].scalar_type());
-    TORCH_CHECK_TYPE(at::isFloatingType(mu[v].scalar_type()), "mu[", v,
-                     "] must be a floating point tensor; got ", mu[v].scalar_type());
-    if (family != kCosine) {
-      CHECK_ARG(kappa[v].dim() == 1 && kappa[v].size(0) == mu[v].size(0), "kappa[", v,
-                "] must have shape (", mu[v].size(0), ",); got ", kappa[v].sizes());
-      TORCH_CHECK_TYPE(at::isFloatingType(kappa[v].scalar_type()), "kappa[", v,
-                       "] must be a floating point tensor; got ", kappa[v].scalar_type());
-    }
-  }
-  CHECK_ARG(dim >= 2, "the dimension D of mu and target must be >= 2; got ", dim);
-}
-
 std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::TensorList target,
                                                      at::TensorList kappa, int64_t family) {
-  check_views(mu, target, kappa, family);
+  check_nll_views(mu, target, kappa, family, at::kCPU);
   const int64_t dim = mu[0].size(1);
   int64_t total_rows = 0;
   bool any_double = false;

@@ -49,17 +49,14 @@
 #include <limits>
 #include <vector>
 
+#include "vissiam/op_checks.h"
 #include "vissiam/spherical_math.h"
 
 namespace vissiam {
 namespace {
 
-#define CHECK_ARG(cond, ...) TORCH_CHECK_VALUE(cond, __VA_ARGS__)
-// Every tensor an op reads must sit on the device of its first input; the
-// kernels dereference raw pointers, so a CPU tensor here would be a crash.
-#define CHECK_ON_DEVICE(tensor_, device_, ...)                                             \
-  CHECK_ARG((tensor_).device() == (device_), __VA_ARGS__, " must be on ", (device_),         \
-            " (the device of the other inputs); got ", (tensor_).device())
+#define CHECK_ARG VISSIAM_CHECK_ARG
+#define CHECK_ON_DEVICE VISSIAM_CHECK_ON_DEVICE
 
 constexpr int kMaxRowThreads = 512;
 constexpr int kMinBlockThreads = 256;
@@ -335,40 +332,6 @@ __global__ void __launch_bounds__(kMaxRowThreads)
   state[3] = r.dnll_dkappa;
 }
 
-void check_views(at::TensorList mu, at::TensorList target, at::TensorList kappa, int64_t family) {
-  CHECK_ARG(family == kCosine || family == kVonMisesFisher || family == kPowerSpherical,
-            "family must be 0 (cosine), 1 (vMF) or 2 (power spherical); got ", family);
-  CHECK_ARG(!mu.empty(), "mu must hold at least one view");
-  CHECK_ARG(mu.size() == target.size(), "mu and target must hold the same number of views; got ",
-            mu.size(), " and ", target.size());
-  CHECK_ARG(family == kCosine ? kappa.empty() : kappa.size() == mu.size(),
-            "kappa must hold one tensor per view (none for the cosine family); got ", kappa.size(),
-            " for ", mu.size(), " views");
-  const at::Device device = mu[0].device();
-  CHECK_ARG(device.is_cuda(), "mu[0] must be a CUDA tensor; got ", device);
-  const int64_t dim = mu[0].dim() == 2 ? mu[0].size(1) : -1;
-  for (size_t v = 0; v < mu.size(); ++v) {
-    CHECK_ON_DEVICE(mu[v], device, "mu[", v, "]");
-    CHECK_ON_DEVICE(target[v], device, "target[", v, "]");
-    CHECK_ARG(mu[v].dim() == 2 && mu[v].size(1) == dim, "mu[", v, "] must have shape (B, ", dim,
-              "); got ", mu[v].sizes());
-    CHECK_ARG(target[v].sizes() == mu[v].sizes(), "target[", v, "] must have mu[", v,
-              "]'s shape ", mu[v].sizes(), "; got ", target[v].sizes());
-    CHECK_ARG(target[v].scalar_type() == mu[v].scalar_type(), "target[", v,
-              "] must have mu's dtype ", mu[v].scalar_type(), "; got ", target[v].scalar_type());
-    TORCH_CHECK_TYPE(at::isFloatingType(mu[v].scalar_type()), "mu[", v,
-                     "] must be a floating point tensor; got ", mu[v].scalar_type());
-    if (family != kCosine) {
-      CHECK_ON_DEVICE(kappa[v], device, "kappa[", v, "]");
-      CHECK_ARG(kappa[v].dim() == 1 && kappa[v].size(0) == mu[v].size(0), "kappa[", v,
-                "] must have shape (", mu[v].size(0), ",); got ", kappa[v].sizes());
-      TORCH_CHECK_TYPE(at::isFloatingType(kappa[v].scalar_type()), "kappa[", v,
-                       "] must be a floating point tensor; got ", kappa[v].scalar_type());
-    }
-  }
-  CHECK_ARG(dim >= 2, "the dimension D of mu and target must be >= 2; got ", dim);
-}
-
 template <typename scalar_t>
 void launch_spherical_nll(NllLaunch& p, bool vectorized) {
   constexpr int kVec = 16 / sizeof(scalar_t);
@@ -387,7 +350,7 @@ void launch_spherical_nll(NllLaunch& p, bool vectorized) {
 
 std::tuple<at::Tensor, at::Tensor> spherical_nll_cuda(at::TensorList mu, at::TensorList target,
                                                       at::TensorList kappa, int64_t family) {
-  check_views(mu, target, kappa, family);
+  check_nll_views(mu, target, kappa, family, at::kCUDA);
   const c10::cuda::CUDAGuard device_guard(mu[0].device());
   const int64_t dim = mu[0].size(1);
   int64_t total_rows = 0;
