@@ -35,20 +35,20 @@ import triton
 import triton.language as tl
 
 # Constants of special_functions.h / spherical_math.h.
-LOG2: tl.constexpr = 0.69314718055994530942
-LOGPI: tl.constexpr = 1.14472988584940017414
-LOG2PI: tl.constexpr = 1.83787706640934548356
-ASYMPTOTIC_MIN_ARGUMENT: tl.constexpr = 10.0
-NORMALIZE_EPS: tl.constexpr = 1e-12
-POWER_SPHERICAL_ONE_PLUS_COS_FLOOR: tl.constexpr = 1e-12
-DOUBLE_MAX: tl.constexpr = 1.7976931348623157e308
+LOG2 = tl.constexpr(0.69314718055994530942)
+LOGPI = tl.constexpr(1.14472988584940017414)
+LOG2PI = tl.constexpr(1.83787706640934548356)
+ASYMPTOTIC_MIN_ARGUMENT = tl.constexpr(10.0)
+NORMALIZE_EPS = tl.constexpr(1e-12)
+POWER_SPHERICAL_ONE_PLUS_COS_FLOOR = tl.constexpr(1e-12)
+DOUBLE_MAX = tl.constexpr(1.7976931348623157e308)
 # Above this, x * x overflows in float64 and hypot is evaluated scaled.
-HYPOT_SCALE_THRESHOLD: tl.constexpr = 1e150
+HYPOT_SCALE_THRESHOLD = tl.constexpr(1e150)
 
 # Family and quantity codes (spherical_math.h; vissiam_kernels/_ops.py).
-COSINE: tl.constexpr = 0
-VON_MISES_FISHER: tl.constexpr = 1
-POWER_SPHERICAL: tl.constexpr = 2
+COSINE = tl.constexpr(0)
+VON_MISES_FISHER = tl.constexpr(1)
+POWER_SPHERICAL = tl.constexpr(2)
 
 
 # ================================================================ elementary functions
@@ -343,25 +343,33 @@ def valid_kappa(kappa):
 
 
 @triton.jit
-def row_loss(cos, kappa, dim, steps, FAMILY: tl.constexpr):
-    """(NLL, dNLL/dc, dNLL/dkappa) of rows with cosine ``cos`` (header: row_loss)."""
+def row_dnll_dcos(cos, kappa, FAMILY: tl.constexpr):
+    """dNLL/dc of rows with cosine ``cos`` (header: row_loss): all the gradients need, and cheap."""
     if FAMILY == COSINE:
-        nll = -cos
-        dnll_dcos = cos * 0.0 - 1.0
-        dnll_dkappa = cos * 0.0
+        return cos * 0.0 - 1.0
     elif FAMILY == POWER_SPHERICAL:
         # The density vanishes at the antipode: 1 + c is floored (finite NLL, no gradient to c).
         one_plus_cos = 1.0 + cos
         floored = ~(one_plus_cos > POWER_SPHERICAL_ONE_PLUS_COS_FLOOR)
+        return tl.where(floored, 0.0, -kappa / tl.where(floored, 1.0, one_plus_cos))
+    else:
+        return -kappa
+
+
+@triton.jit
+def row_nll(cos, kappa, dim, steps, FAMILY: tl.constexpr):
+    """(NLL, dNLL/dkappa) of rows with cosine ``cos`` (header: row_loss); the costly part (normalizers)."""
+    if FAMILY == COSINE:
+        return -cos, cos * 0.0
+    elif FAMILY == POWER_SPHERICAL:
+        one_plus_cos = 1.0 + cos
+        floored = ~(one_plus_cos > POWER_SPHERICAL_ONE_PLUS_COS_FLOOR)
         log1p_cos = tl.log(tl.where(floored, _f64_like(cos, POWER_SPHERICAL_ONE_PLUS_COS_FLOOR), one_plus_cos))
         nll = -power_spherical_log_normalizer(kappa, dim, steps) - kappa * log1p_cos
-        dnll_dcos = tl.where(floored, 0.0, -kappa / tl.where(floored, 1.0, one_plus_cos))
-        dnll_dkappa = -power_spherical_dlog_normalizer(kappa, dim, steps) - log1p_cos
+        return nll, -power_spherical_dlog_normalizer(kappa, dim, steps) - log1p_cos
     else:
         nll = -vmf_log_normalizer(kappa, dim, steps) - kappa * cos
-        dnll_dcos = -kappa
-        dnll_dkappa = bessel_ratio(0.5 * dim - 1.0, kappa, steps) - cos
-    return nll, dnll_dcos, dnll_dkappa
+        return nll, bessel_ratio(0.5 * dim - 1.0, kappa, steps) - cos
 
 
 # ================================================================ load / convert helpers
@@ -503,26 +511,17 @@ def spherical_nll_kernel(
         kappa = _load_f64(kappa_ptr, row_ok)
         valid = valid_kappa(kappa)
         kappa = tl.where(valid, kappa, 0.0)  # keeps the math finite; the row is set to NaN below
-    nll, dnll_dcos, dnll_dkappa = row_loss(cos, kappa, dim, asymptotic_steps, FAMILY)
-    cross_coef = dnll_dcos * inv_mu * inv_target
-    mu_coef = tl.where(norm_mu > NORMALIZE_EPS, -dnll_dcos * cos * inv_mu * inv_mu, 0.0)
-    target_coef = tl.where(norm_target > NORMALIZE_EPS, -dnll_dcos * cos * inv_target * inv_target, 0.0)
+    dnll_dcos = row_dnll_dcos(cos, kappa, FAMILY)
     nan = float("nan")
-    nll = tl.where(valid, nll, nan)
-    cross_coef = tl.where(valid, cross_coef, nan)
-    mu_coef = tl.where(valid, mu_coef, nan)
-    target_coef = tl.where(valid, target_coef, nan)
-    dnll_dkappa = tl.where(valid, dnll_dkappa, nan)
-
+    cross_coef = tl.where(valid, dnll_dcos * inv_mu * inv_target, nan)
+    mu_coef = tl.where(valid, tl.where(norm_mu > NORMALIZE_EPS, -dnll_dcos * cos * inv_mu * inv_mu, 0.0), nan)
+    target_coef = tl.where(
+        valid, tl.where(norm_target > NORMALIZE_EPS, -dnll_dcos * cos * inv_target * inv_target, 0.0), nan)
     out_idx = row_offset + rows_idx
-    tl.store(nll_out + out_idx, _store_type(nll, nll_out.dtype.element_ty), mask=row_ok)
-    state_row = state_out + out_idx * 4
-    tl.store(state_row + 0, mu_coef, mask=row_ok)
-    tl.store(state_row + 1, target_coef, mask=row_ok)
-    tl.store(state_row + 2, cross_coef, mask=row_ok)
-    tl.store(state_row + 3, dnll_dkappa, mask=row_ok)
 
-    # ---- gradients for the predicted upstream gradient w (minimum-traffic training path)
+    # ---- gradients for the predicted upstream gradient w (minimum-traffic training path).
+    # Written before the normalizers are evaluated: the stores leave while this program does
+    # its float64 tail, and the row's registers are free sooner.
     if WRITE_GRAD_MU or WRITE_GRAD_TARGET:
         w = tl.cast(grad_weight, tl.float64)
         a_mu = _from_f64(w * mu_coef, ACC_F64)[:, None]
@@ -556,6 +555,15 @@ def spherical_nll_kernel(
                 if WRITE_GRAD_TARGET:
                     g = a_target * t + a_cross * m
                     tl.store(out_target_row[:, None] + c[None, :], _store_type(g, grad_target0.dtype.element_ty), mask=mask)
+
+    # ---- the normalizers (kappa-only float64 math) and the row outputs
+    nll, dnll_dkappa = row_nll(cos, kappa, dim, asymptotic_steps, FAMILY)
+    tl.store(nll_out + out_idx, _store_type(tl.where(valid, nll, nan), nll_out.dtype.element_ty), mask=row_ok)
+    state_row = state_out + out_idx * 4
+    tl.store(state_row + 0, mu_coef, mask=row_ok)
+    tl.store(state_row + 1, target_coef, mask=row_ok)
+    tl.store(state_row + 2, cross_coef, mask=row_ok)
+    tl.store(state_row + 3, tl.where(valid, dnll_dkappa, nan), mask=row_ok)
 
 
 # ================================================================ backward of the fused path

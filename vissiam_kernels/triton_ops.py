@@ -112,12 +112,24 @@ def _next_power_of_2(n: int) -> int:
 def row_config(dim: int) -> tuple[int, int, int]:
     """(BLOCK_R rows per program, BLOCK_D chunk of D, num_warps) for rows of length ``dim``.
 
-    Whole rows up to MAX_BLOCK_D elements sit in one block (one read of mu and t, even with
-    the gradient); short rows are packed BLOCK_R to a program so that each program moves
-    at least ~2K elements. Under the interpreter, whose cost is per operation, programs are
-    made wider (fewer of them).
+    Whole rows up to MAX_BLOCK_D elements sit in one block: mu and t are read once, even with
+    the gradient. Short rows are packed BLOCK_R to a program so that each program moves at least
+    ~2K elements (under the interpreter, whose cost is per operation, programs are wider).
+    Longer rows are swept in 2048-element chunks with float64 accumulators, twice when the
+    gradient is written (the second sweep mostly hits L2).
+
+    16 elements per thread per tensor (4 warps for a 2048-long row), not more threads per row:
+    a row's float64 scalars are computed by every thread that holds part of the row, so 4 warps
+    on a 2048-long row do half the float64 work of 8. Packed short rows get 8 warps, so that a
+    thread holds one row's scalars, not several. tests/test_triton_compile.py checks that these
+    choices compile without register spills for sm_80 and sm_90.
     """
-    block_d = min(_next_power_of_2(dim), _next_power_of_2(MAX_BLOCK_D))
+    whole = _next_power_of_2(dim)
+    if whole > _next_power_of_2(MAX_BLOCK_D):
+        block_d = min(_next_power_of_2(MAX_BLOCK_D), 2048)
+        block_r = _next_power_of_2(BLOCK_ROWS) if BLOCK_ROWS > 0 else 1
+        return block_r, block_d, max(4, min(16, block_r * block_d // 256))
+    block_d = whole
     if BLOCK_ROWS > 0:
         block_r = _next_power_of_2(BLOCK_ROWS)
     elif interpreted():
@@ -125,10 +137,9 @@ def row_config(dim: int) -> tuple[int, int, int]:
     else:
         block_r = max(1, min(16, 2048 // block_d))
     elements = block_r * block_d
-    # Few warps per row: the per-row float64 math is computed by every thread of the program
-    # (a row's scalars are replicated across its threads), so 4 warps on a 2048-long row do half
-    # the float64 work of 8, while 16 elements per thread per tensor keep the loads wide.
-    num_warps = 2 if elements <= 1024 else 4 if elements <= 4096 else 8 if elements <= 8192 else 16
+    num_warps = max(4, min(16, elements // 512))
+    if block_r >= 8:
+        num_warps = max(num_warps, 8)
     return block_r, block_d, num_warps
 
 
