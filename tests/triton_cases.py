@@ -549,6 +549,21 @@ def test_op_argument_errors():
         OPS.scaled_row_combination(kappa[:2], kappa, kappa, [mu], [target])
 
 
+def test_opcheck_schema_and_autograd_registration():
+    """Fake-tensor tracing cannot run the interpreter (the GPU suite runs the full opcheck)."""
+    mu, target, kappa = make_inputs((4,), 9)
+    mu.requires_grad_(), kappa.requires_grad_()
+    utils = ("test_schema", "test_autograd_registration")
+    torch.library.opcheck(OPS.spherical_nll.default, ([mu], [target], [kappa], 2), test_utils=utils)
+    torch.library.opcheck(OPS.spherical_nll_with_grad.default, ([mu], [target], [kappa], 1, 0.25, True, False),
+                          test_utils=utils)
+    state = torch.randn(4, 4, dtype=torch.float64, device=DEVICE)
+    torch.library.opcheck(OPS.scaled_row_combination.default,
+                          (kappa.detach(), state[:, 0], state[:, 2], [mu.detach()], [target]), test_utils=utils)
+    torch.library.opcheck(OPS.normalizer_quantity.default, (kappa.detach().double().requires_grad_(), 16, 1, 3),
+                          test_utils=utils)
+
+
 def test_results_are_bitwise_deterministic():
     mu, target, kappa = make_inputs((9,), 300, torch.float32)
     results = []

@@ -423,7 +423,7 @@ def _row_block(BLOCK_R: tl.constexpr):
 
 
 # ================================================================ spherical_nll
-@triton.jit
+@triton.jit(debug=True)
 def spherical_nll_kernel(
     mu0, target0, kappa0, grad_mu0, grad_target0,
     mu1, target1, kappa1, grad_mu1, grad_target1,
@@ -438,6 +438,7 @@ def spherical_nll_kernel(
     WRITE_GRAD_MU: tl.constexpr,
     WRITE_GRAD_TARGET: tl.constexpr,
     ACC_F64: tl.constexpr,
+    CHECK_KAPPA: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -454,7 +455,11 @@ def spherical_nll_kernel(
       grad_mu[r]     = w (mu_coef mu + cross_coef t),  grad_target[r] = w (target_coef t + cross_coef mu)
     and records w in grad_weight_out[r] (see rescale_rows_kernel). When D fits one block the
     row stays in registers between the reduction and the gradient, so mu and t are read once.
-    Invalid kappa (negative, NaN, inf) gives NaN in every output of the row.
+    Invalid kappa (negative, NaN, inf) gives NaN in every output of the row and, with
+    CHECK_KAPPA, a device-side assert ("kappa must be finite and >= 0"). Asserts exist only in
+    kernels compiled with debug=True, which this one is: they cost ~30 SASS instructions off the
+    streaming path (measured offline for sm_90), and debug adds integer-overflow checks only to
+    32-bit integer arithmetic, of which the hot loop has none (offsets are int64 or pointers).
     """
     rows_idx = _row_block(BLOCK_R)
     row_ok = rows_idx < rows
@@ -510,6 +515,8 @@ def spherical_nll_kernel(
             kappa_ptr = kappa0 + local * kappa_stride0
         kappa = _load_f64(kappa_ptr, row_ok)
         valid = valid_kappa(kappa)
+        if CHECK_KAPPA:  # an asynchronous device-side assert (the kernel is compiled with debug=True)
+            tl.device_assert(valid | ~row_ok, "kappa must be finite and >= 0")
         kappa = tl.where(valid, kappa, 0.0)  # keeps the math finite; the row is set to NaN below
     dnll_dcos = row_dnll_dcos(cos, kappa, FAMILY)
     nan = float("nan")
@@ -665,18 +672,22 @@ def scaled_row_combination_kernel(
 
 
 # ================================================================ normalizer_quantity
-@triton.jit
+@triton.jit(debug=True)
 def normalizer_quantity_kernel(
     kappa, out, n, dim_int, asymptotic_steps,
     FAMILY: tl.constexpr,
     QUANTITY: tl.constexpr,
+    CHECK_KAPPA: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    """out[i] = quantity(kappa[i]) in float64, stored in out's dtype; NaN for invalid kappa."""
+    """out[i] = quantity(kappa[i]) in float64, stored in out's dtype; NaN for invalid kappa
+    (and a device-side assert with CHECK_KAPPA, as in spherical_nll_kernel)."""
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     ok = index < n
     k = _load_f64(kappa + index, ok)
     valid = valid_kappa(k)
+    if CHECK_KAPPA:
+        tl.device_assert(valid | ~ok, "kappa must be finite and >= 0")
     k = tl.where(valid, k, 0.0)
     dim = tl.cast(dim_int, tl.float64)
     value = normalizer_quantity(k, dim, asymptotic_steps, FAMILY, QUANTITY)

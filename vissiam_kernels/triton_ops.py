@@ -33,8 +33,11 @@ Memory traffic of a training step (S = bytes of one (B, D) tensor; z needs no gr
 
 Invalid kappa (negative, NaN, inf): the kernels write NaN into every output of the row (never
 a finite wrong answer). On CPU tensors (interpreter) the launcher raises ValueError like the
-CPU kernels; on CUDA it adds ``torch._assert_async`` (no host sync; a device-side assert at
-the next synchronization), which ``VISSIAM_TRITON_CHECK_KAPPA=0`` turns off.
+CPU kernels; on CUDA tensors the kernels raise a device-side assert ("device-side assert
+triggered" at the next synchronization, after which the CUDA context is unusable, as with the
+CUDA C++ backend and torch's own index checks) without any host synchronization or extra
+launch; under torch.compile a fused ``torch._assert_async`` is traced as well.
+``VISSIAM_TRITON_CHECK_KAPPA=0`` turns the assert off (NaN rows remain).
 
 Determinism: launch parameters come from a fixed table of D (``row_config``), and every sum
 has a fixed order, so results are bitwise identical across runs on one device.
@@ -271,19 +274,22 @@ def _check_views(mu, target, kappa, family: int) -> None:
 
 
 def _check_kappa_values(kappa: torch.Tensor, where) -> None:
-    """Negative, NaN or infinite kappa: ValueError on CPU tensors, async device assert on CUDA."""
+    """Negative, NaN or infinite kappa. CPU tensors (interpreter): ValueError, always. CUDA tensors:
+    the kernels' device-side assert (no host synchronization); under torch.compile tracing also
+    a ``torch._assert_async`` in the graph, which Inductor fuses, since a compiled copy of the
+    kernel may be built without asserts."""
     if kappa.numel() == 0:
         return
+    if _is_fake(kappa):
+        if kappa.device.type != "cpu" and CHECK_KAPPA:
+            torch._assert_async(((kappa >= 0) & torch.isfinite(kappa)).all(), "kappa must be finite and >= 0")
+        return
     if kappa.device.type == "cpu":
-        if _is_fake(kappa):
-            return
         valid = (kappa >= 0) & torch.isfinite(kappa)
         if not bool(valid.all()):
             index = int((~valid).reshape(-1).nonzero()[0, 0])
             value = kappa.reshape(-1)[index].item()
             raise ValueError(f"kappa must be finite and >= 0; got {value} {where(index)}")
-    elif CHECK_KAPPA:
-        torch._assert_async(((kappa >= 0) & torch.isfinite(kappa)).all(), "kappa must be finite and >= 0")
 
 
 def _unit_inner_stride(x: torch.Tensor) -> torch.Tensor:
@@ -352,7 +358,7 @@ def spherical_nll_forward(mu, target, kappa, family: int, grad_weight: float = 1
                 steps,
                 FAMILY=family, TWO_VIEWS=len(group) == 2,
                 WRITE_GRAD_MU=grad_mu, WRITE_GRAD_TARGET=grad_target,
-                ACC_F64=_accumulate_f64(mu[v0].dtype),
+                ACC_F64=_accumulate_f64(mu[v0].dtype), CHECK_KAPPA=CHECK_KAPPA and family != 0,
             )
         offset += group_rows
     return nll, state, out_mu, out_target, applied
@@ -452,7 +458,7 @@ def normalizer_quantity_forward(kappa: torch.Tensor, dim: int, family: int, quan
             kernels.normalizer_quantity_kernel)
         wrapped[(triton.cdiv(n, block),)](
             flat, out, n, int(dim), asymptotic_steps(family, dim),
-            FAMILY=family, QUANTITY=quantity, BLOCK=block, num_warps=4,
+            FAMILY=family, QUANTITY=quantity, CHECK_KAPPA=CHECK_KAPPA, BLOCK=block, num_warps=4,
         )
     return out
 
