@@ -287,8 +287,15 @@ def fused_nll(mu, target, kappa, family, weight):
     return triton_ops.spherical_nll_training(mu, target, kappa, CODES[family], weight)
 
 
+@pytest.fixture(params=["function", "op"])
+def fused_wrapper(request, monkeypatch):
+    """Both autograd wrappers of the fused path: the eager autograd.Function and the op (compile's)."""
+    monkeypatch.setattr(triton_ops, "EAGER_FUNCTION", request.param == "function")
+    return request.param
+
+
 @pytest.mark.parametrize("family", FAMILIES + ("none",))
-def test_gradcheck_fused_training_path(family):
+def test_gradcheck_fused_training_path(fused_wrapper, family):
     """gradcheck retains the graph: this covers the out-of-place rescale with arbitrary upstream gradients."""
     p1, z2, k1 = make_inputs((3,), 5, torch.float64, kappa_scale=20.0, seed=1)
     p2, z1, k2 = make_inputs((2,), 5, torch.float64, kappa_scale=20.0, seed=2)
@@ -301,7 +308,7 @@ def test_gradcheck_fused_training_path(family):
         assert torch.autograd.gradcheck(fn, (p1, p2, z1, k1, k2), **GRADCHECK)
 
 
-def test_gradcheck_fused_training_path_full_jacobian():
+def test_gradcheck_fused_training_path_full_jacobian(fused_wrapper):
     """The full Jacobian: one-hot upstream gradients through a retained graph, rows with upstream exactly 0."""
     p, z, kappa = make_inputs((2,), 4, torch.float64, kappa_scale=20.0, seed=5)
     p, kappa = p.requires_grad_(), (kappa + 0.5).requires_grad_()
@@ -347,7 +354,37 @@ def test_fused_training_path_backward(family, upstream, dtype):
     assert relative_gradient_error(kappa.grad, k64.grad) <= 1e-5
 
 
-def test_fused_training_path_with_retained_graph_never_modifies_a_returned_gradient():
+@pytest.mark.parametrize("upstream", ["predicted", "scaled"])
+def test_fused_gradient_is_the_forward_buffer(fused_wrapper, monkeypatch, upstream):
+    """After loss.backward(), p.grad is the very buffer the forward wrote: no copy, no zero-fill;
+    with the predicted upstream gradient its rows were not rescaled."""
+    written = {}
+    forward = triton_ops.spherical_nll_forward
+
+    def recording_forward(*args, **kwargs):
+        outputs = forward(*args, **kwargs)
+        written["grad"], written["applied"] = outputs[2][0], outputs[4]
+        written["copy"] = outputs[2][0].clone()
+        return outputs
+
+    monkeypatch.setattr(triton_ops, "spherical_nll_forward", recording_forward)
+    p, z, kappa = make_inputs((5,), 24, seed=8)
+    p.requires_grad_()
+    weight = triton_ops.predicted_upstream_weight("mean", 5)
+    nll = fused_nll([p], [z], [kappa], "power_spherical", weight)
+    loss = nll.mean() if upstream == "predicted" else 4.0 * nll.mean()
+    grad, applied, copy = written.pop("grad"), written.pop("applied"), written.pop("copy")
+    buffer_address = grad.data_ptr()
+    del grad
+    loss.backward()
+    assert p.grad.data_ptr() == buffer_address
+    if upstream == "predicted":
+        assert torch.equal(p.grad, copy) and (applied == weight).all()
+    else:
+        assert_close(p.grad, 4.0 * copy, 1e-6) and (applied == 4.0 * weight).all()
+
+
+def test_fused_training_path_with_retained_graph_never_modifies_a_returned_gradient(fused_wrapper):
     p, z, kappa = make_inputs((4,), 24, torch.float64, seed=3)
     p.requires_grad_()
     nll = fused_nll([p], [z], [kappa], "power_spherical", triton_ops.predicted_upstream_weight("mean", 4, 1.0, torch.float64))
@@ -419,7 +456,7 @@ def test_antipodal_and_identical_targets(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("fused", [False, True], ids=["op_schema", "fused"])
-def test_zero_vectors_follow_f_normalize(family, fused):
+def test_zero_vectors_follow_f_normalize(fused_wrapper, family, fused):
     mu = torch.randn(3, 8, dtype=torch.float64)
     mu[1] = 0.0
     target = torch.randn(3, 8, dtype=torch.float64)

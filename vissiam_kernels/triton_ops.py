@@ -95,6 +95,9 @@ exact in float64. On A100/H100/H200 (FP64 at half the FP32 rate) the 3 DFMA and 
 conversions per element pair stay far below the memory time. ``VISSIAM_TRITON_ACCUMULATE=float32``
 is for GPUs with little FP64 throughput."""
 CHECK_KAPPA = os.environ.get("VISSIAM_TRITON_CHECK_KAPPA", "1").strip() != "0"
+EAGER_FUNCTION = True
+"""``spherical_nll_training`` in eager mode through ``_EagerFusedNLL`` (low host overhead); False:
+through the op, as under torch.compile (the tests run both)."""
 AUTOTUNE = os.environ.get("VISSIAM_TRITON_AUTOTUNE", "0").strip() == "1"
 
 OLVER_MIN_ORDER = 30.0  # special_functions.h kOlverMinOrder
@@ -268,7 +271,7 @@ def _check_views(mu, target, kappa, family: int) -> None:
         for name, t in tensors:
             if t.device != device:
                 raise ValueError(f"{name}[{v}] must be on {device} (the device of mu[0]); got {t.device}")
-            _check_device(t, f"{name}[{v}]")
+    _check_device(mu[0], "mu[0]")
     if dim < 2:
         raise ValueError(f"the dimension D of mu and target must be >= 2; got {dim}")
 
@@ -543,6 +546,10 @@ if _IMPORT_ERROR is None:
 def _fused_setup_context(ctx, inputs, output):
     mu, target, kappa, family, grad_weight, grad_mu, grad_target = inputs
     _, state, out_mu, out_target, applied = output
+    # Only nll is a loss; without this the engine would fill a zero "gradient" for each of the
+    # gradient buffers (2S of writes per step) before calling the backward.
+    ctx.mark_non_differentiable(state, applied, *out_mu, *out_target)
+    ctx.set_materialize_grads(False)
     ctx.save_for_backward(state, applied, *out_mu, *out_target)
     ctx.rows = [m.shape[0] for m in mu]
     ctx.kappa_dtypes = [k.dtype for k in kappa]
@@ -577,18 +584,19 @@ def _rescaled_copy(buffers, upstream, applied):
     return out
 
 
-def _fused_backward(ctx, grad_nll, grad_state, grad_out_mu, grad_out_target, grad_applied):
-    """Gradients of spherical_nll_with_grad from the buffers its forward wrote.
+def _fused_gradients(ctx, grad_nll, needs_mu, needs_target, needs_kappa):
+    """Gradients of the fused NLL from the buffers its forward wrote (both autograd wrappers).
 
     In place (the minimum-traffic case) only when this is the last use of the node: eager
     mode and a backward that frees the graph. Then rows whose upstream gradient equals the
     predicted weight are not touched. Otherwise (retain_graph, torch.compile tracing) the
     gradient is a rescaled copy and the buffers keep their state for the next call.
+    Returns (grad_mu, grad_target, grad_kappa) lists, one entry per view.
     """
     state, applied, *buffers = ctx.saved_tensors
-    n_mu = len(ctx.rows) if ctx.has_mu else 0
+    views = len(ctx.rows)
+    n_mu = views if ctx.has_mu else 0
     out_mu, out_target = list(buffers[:n_mu]), list(buffers[n_mu:])
-    needs_mu, needs_target, needs_kappa = (_flags(f) for f in ctx.needs_input_grad[:3])
     if (any(needs_mu) and not ctx.has_mu) or (any(needs_target) and not ctx.has_target):
         raise RuntimeError("spherical_nll_with_grad: a gradient was needed that the forward was not asked for")
     if grad_nll is None:
@@ -609,9 +617,46 @@ def _fused_backward(ctx, grad_nll, grad_state, grad_out_mu, grad_out_target, gra
     if ctx.kappa_dtypes and any(needs_kappa):
         per_row = grad_nll.to(torch.float64) * state[:, 3]
         grad_kappa = [g.to(dt) for g, dt in zip(per_row.split(ctx.rows), ctx.kappa_dtypes)]
-    views = len(ctx.rows)
-    return (out_mu if ctx.has_mu else [None] * views, out_target if ctx.has_target else [None] * views,
-            grad_kappa, None, None, None, None)
+    return (out_mu if ctx.has_mu else [None] * views, out_target if ctx.has_target else [None] * views, grad_kappa)
+
+
+def _fused_backward(ctx, grad_nll, grad_state, grad_out_mu, grad_out_target, grad_applied):
+    needs_mu, needs_target, needs_kappa = (_flags(f) for f in ctx.needs_input_grad[:3])
+    grad_mu, grad_target, grad_kappa = _fused_gradients(ctx, grad_nll, needs_mu, needs_target, needs_kappa)
+    return grad_mu, grad_target, grad_kappa, None, None, None, None
+
+
+class _EagerFusedNLL(torch.autograd.Function):
+    """Eager twin of the op ``spherical_nll_with_grad`` with the same kernels and gradients.
+
+    Why a second wrapper: per call, the custom op's Python autograd layer (tensor-list
+    flattening, schema handling) costs ~70 us of host time in forward and as much in backward
+    (measured here on CPU tensors with the kernels stubbed out: 94 us vs 23 us for the launcher
+    alone), while ``autograd.Function.apply`` costs a few. At B = 512 that host time, not the
+    GPU, is the training step. Under torch.compile the op is used instead (an opaque Function
+    would be a graph break, and tracing into one is where silent compile bugs come from).
+    Inputs: (family, grad_weight, grad_mu, grad_target, views, *mu, *target, *kappa).
+    """
+
+    @staticmethod
+    def forward(ctx, family, grad_weight, grad_mu, grad_target, views, *tensors):
+        mu, target, kappa = list(tensors[:views]), list(tensors[views : 2 * views]), list(tensors[2 * views :])
+        nll, state, out_mu, out_target, applied = spherical_nll_forward(
+            mu, target, kappa, family, grad_weight, grad_mu, grad_target)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(state, applied, *out_mu, *out_target)
+        ctx.rows = [m.shape[0] for m in mu]
+        ctx.kappa_dtypes = [k.dtype for k in kappa]
+        ctx.has_mu, ctx.has_target = bool(grad_mu), bool(grad_target)
+        return nll
+
+    @staticmethod
+    def backward(ctx, grad_nll):
+        views = len(ctx.rows)
+        flags = ctx.needs_input_grad[5:]
+        grad_mu, grad_target, grad_kappa = _fused_gradients(
+            ctx, grad_nll, flags[:views], flags[views : 2 * views], flags[2 * views :])
+        return (None, None, None, None, None, *grad_mu, *grad_target, *grad_kappa)
 
 
 _registered = {"autograd": False}
@@ -662,4 +707,6 @@ def spherical_nll_training(mu, target, kappa, family: int, upstream_weight: floa
     ops = getattr(torch.ops, NAMESPACE)
     if not (want_mu or want_target):
         return ops.spherical_nll(mu, target, kappa, family)[0]
+    if EAGER_FUNCTION and not torch.compiler.is_compiling():
+        return _EagerFusedNLL.apply(family, float(upstream_weight), want_mu, want_target, len(mu), *mu, *target, *kappa)
     return ops.spherical_nll_with_grad(mu, target, kappa, family, float(upstream_weight), want_mu, want_target)[0]
