@@ -116,12 +116,22 @@ def _cpu(shape, dtype=torch.float32):
     return torch.randn(*shape).to(dtype)
 
 
+def _with_float32_accumulation(call):
+    triton_ops.ACCUMULATE_FLOAT64 = False
+    try:
+        return call()
+    finally:
+        triton_ops.ACCUMULATE_FLOAT64 = True
+
+
 CALLS = {
     "vi_simsiam power spherical D=2048, fused gradient": lambda: triton_ops.spherical_nll_forward(
         [_cpu((512, 2048)), _cpu((512, 2048))], [_cpu((512, 2048)), _cpu((512, 2048))],
         [torch.rand(512), torch.rand(512)], 2, 1.0 / 1024, True, False),
     "vmf D=2048 bfloat16, both gradients": lambda: triton_ops.spherical_nll_forward(
         [_cpu((64, 2048), torch.bfloat16)], [_cpu((64, 2048), torch.bfloat16)], [torch.rand(64)], 1, 1.0, True, True),
+    "float32 accumulation option, D=2048": lambda: _with_float32_accumulation(lambda: triton_ops.spherical_nll_forward(
+        [_cpu((512, 2048))], [_cpu((512, 2048))], [torch.rand(512)], 2, 1.0 / 512, True, False)),
     "cosine D=128 (rows packed per program)": lambda: triton_ops.spherical_nll_forward(
         [_cpu((4096, 128))], [_cpu((4096, 128))], [], 0),
     "power spherical D=20000 float64 (several blocks)": lambda: triton_ops.spherical_nll_forward(

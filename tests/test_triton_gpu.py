@@ -105,6 +105,14 @@ if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         assert torch.allclose(runs[0][0][:4096].double().cpu(), 0.5 * ref.detach() + 0.5 * reference.power_spherical_nll(
             p2.double().cpu(), z1.double().cpu(), k2.double().cpu(), "none"), rtol=1e-6)
 
+    def test_autotuned_launches_match_the_table(monkeypatch):
+        """VISSIAM_TRITON_AUTOTUNE=1: the autotuner's configurations give the table's results (to rounding)."""
+        p, z, kappa = make_inputs((64,), 256, seed=4)
+        table, _ = OPS.spherical_nll([p], [z], [kappa], CODES["power_spherical"])
+        monkeypatch.setattr(triton_ops, "AUTOTUNE", True)
+        tuned, _ = OPS.spherical_nll([p], [z], [kappa], CODES["power_spherical"])
+        assert torch.allclose(tuned, table, rtol=1e-6)
+
     def test_bad_kappa_is_an_asynchronous_device_assert_in_a_subprocess():
         """The device-side assert poisons the CUDA context, so it is raised in a child process."""
         import subprocess
