@@ -26,6 +26,9 @@ PROFILES = {
     "full": {"max_time": 1.0, "min_rounds": 5},
 }
 
+FUSED_PREFERENCE = ("fused-cpu", "fused-triton", "fused-cuda")
+"""Which of a group's fused providers is the baseline of its ratios: VISSIAM_BACKEND=auto's order."""
+
 CPU_THREADS = 2
 """Threads for CPU benchmarks: the issue-2 target is defined at 2 threads (override with --bench-threads)."""
 
@@ -121,7 +124,7 @@ def copy_bandwidth_gbps(device: torch.device) -> float:
         src = torch.ones(n_bytes // 4, dtype=torch.float32, device=device)
         dst = torch.empty_like(src)
         best = math.inf
-        for _ in range(6):
+        for _ in range(10):
             if device.type == "cuda":
                 start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                 start.record()
