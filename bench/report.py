@@ -137,6 +137,26 @@ def step_table(rows) -> list[str]:
     return out + [""]
 
 
+def other_tables(rows) -> list[str]:
+    """Groups of other benchmark files (neither the loss grid nor the training step)."""
+    groups = defaultdict(dict)
+    for r in rows:
+        if not r["source"].endswith(("bench_losses.py", "bench_train_step.py")):
+            groups[r["group"]][r["provider"]] = r
+    if not groups:
+        return []
+    out = ["## Other comparisons", ""]
+    for group, by in sorted(groups.items()):
+        base = fused_baseline(by)
+        out += [f"### {group}", "", "| provider | ms per call | vs fused | GB/s | % copy |", "|---|---|---|---|---|"]
+        for provider, r in sorted(by.items(), key=lambda kv: kv[1]["median"]):
+            ratio = f"{r['median'] / by[base]['median']:.2f}x" if base else "-"
+            out.append(f"| {provider} | {ms(r['median'])} | {ratio} | {r.get('achieved_GBps', float('nan')):.1f} "
+                       f"| {r.get('pct_of_copy', float('nan')):.0f} |")
+        out.append("")
+    return out
+
+
 def accuracy_table(rows) -> list[str]:
     worst = defaultdict(float)
     for r in rows:
@@ -252,6 +272,7 @@ def main(argv=None) -> None:
     lines += step_table(rows)
     lines += ["## Losses", ""] + loss_tables(rows)
     lines += accuracy_table(rows)
+    lines += other_tables(rows)
     report = out_dir / f"{stem}.md"
     report.write_text("\n".join(lines).rstrip() + "\n")
     print(f"wrote {report}" + "".join(f", {out_dir / name}" for name in plots))
