@@ -432,7 +432,7 @@ def spherical_nll_kernel(
     rows0, rows, row_offset,
     nll_out, state_out, grad_weight_out, grad_weight,
     asymptotic_steps,
-    D: tl.constexpr,
+    D,
     FAMILY: tl.constexpr,
     TWO_VIEWS: tl.constexpr,
     WRITE_GRAD_MU: tl.constexpr,
@@ -440,11 +440,12 @@ def spherical_nll_kernel(
     ACC_F64: tl.constexpr,
     CHECK_KAPPA: tl.constexpr,
     BLOCK_R: tl.constexpr,
-    BLOCK_D: tl.constexpr,
+    BLOCK_D: tl.constexpr,    ONE_BLOCK: tl.constexpr,
 ):
     """Per-row NLL and gradient coefficients of up to two views in one launch.
 
-    Rows are numbered across views (row < rows0: view 0); the row-indexed outputs start at
+    D is a run-time argument (one compiled kernel serves every D up to BLOCK_D; ONE_BLOCK says
+    BLOCK_D >= D). Rows are numbered across views (row < rows0: view 0); the row-indexed outputs start at
     ``row_offset`` (views beyond the first two go to further launches). Each program takes BLOCK_R rows,
     accumulates |mu|^2, |t|^2 and mu.t over D in BLOCK_D chunks, then does the per-row
     scalar math in float64 (spherical_math.h: row_cosine, row_loss, row_gradient_coefficients):
@@ -474,7 +475,7 @@ def spherical_nll_kernel(
         target_row = target0 + local * target_stride0
 
     cols = tl.arange(0, BLOCK_D)
-    if BLOCK_D >= D:
+    if ONE_BLOCK:  # BLOCK_D >= D
         mask = row_ok[:, None] & (cols < D)[None, :]
         m = _to_acc(tl.load(mu_row[:, None] + cols[None, :], mask=mask, other=0.0), ACC_F64)
         t = _to_acc(tl.load(target_row[:, None] + cols[None, :], mask=mask, other=0.0), ACC_F64)
@@ -541,7 +542,7 @@ def spherical_nll_kernel(
         else:
             out_mu_row = grad_mu0 + local * D
             out_target_row = grad_target0 + local * D
-        if BLOCK_D >= D:
+        if ONE_BLOCK:
             # The row is still in registers: no second read of mu and t.
             if WRITE_GRAD_MU:
                 g = a_mu * m + a_cross * t
@@ -579,7 +580,7 @@ def rescale_rows_kernel(
     grad_mu0, grad_target0, grad_mu1, grad_target1,
     rows0, rows, row_offset,
     upstream, upstream_stride, applied,
-    D: tl.constexpr,
+    D,
     HAS_MU: tl.constexpr,
     HAS_TARGET: tl.constexpr,
     TWO_VIEWS: tl.constexpr,
@@ -634,7 +635,7 @@ def scaled_row_combination_kernel(
     x_stride0, y_stride0, x_stride1, y_stride1,
     rows0, rows, row_offset,
     scale, scale_stride, coef_x, coef_x_stride, coef_y, coef_y_stride,
-    D: tl.constexpr,
+    D,
     TWO_VIEWS: tl.constexpr,
     ACC_F64: tl.constexpr,
     BLOCK_R: tl.constexpr,

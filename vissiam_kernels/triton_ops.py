@@ -181,12 +181,18 @@ def _prune_configs(configs, named_args, **kwargs):
 _AUTOTUNED: dict[str, object] = {}
 
 
+# Kernels whose code differs between one block per row and a sweep over D.
+_ONE_BLOCK_KERNELS = ("spherical_nll_kernel",)
+
+
 def _kernel(name: str):
     """The jit kernel ``name``, autotuned over (BLOCK_R, BLOCK_D, num_warps) when AUTOTUNE is on."""
     kernel = getattr(kernels, name)
     if not AUTOTUNE or interpreted():
         return kernel
     if name not in _AUTOTUNED:
+        if name in _ONE_BLOCK_KERNELS:
+            kernel = triton.heuristics({"ONE_BLOCK": lambda args: args["BLOCK_D"] >= args["D"]})(kernel)
         _AUTOTUNED[name] = triton.autotune(
             configs=_autotune_configs(),
             key=["D", "rows"],
@@ -201,6 +207,8 @@ def _launch(name: str, rows: int, dim: int, *args, **constexprs) -> None:
     wrapped = wrap_triton(kernel) if wrap_triton is not None else kernel
     if kernel is getattr(kernels, name):
         block_r, block_d, num_warps = row_config(dim)
+        if name in _ONE_BLOCK_KERNELS:
+            constexprs["ONE_BLOCK"] = block_d >= dim
         grid = (triton.cdiv(rows, block_r),)
         wrapped[grid](*args, D=dim, BLOCK_R=block_r, BLOCK_D=block_d, num_warps=num_warps, **constexprs)
     else:
