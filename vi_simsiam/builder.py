@@ -67,7 +67,7 @@ class KappaHead(nn.Module):
     estimates the odds c / (1 - c) of the cosine between the views, an O(1)-O(100) quantity for
     every d. At d = 2048, kappa spans kappa_min ... 2047 * softplus(u): 1e2 at u = -3, 1e4 at
     u = 4.9, 1e5 at u = 49; the last Linear's bias alone can put it anywhere in that range.
-    The head always runs in float32 (autocast off): kappa ~ 1e4 in bfloat16 has three digits.
+    The head runs in float32 or wider (autocast off): kappa ~ 1e4 in bfloat16 has three digits.
 
     ``lr_scale`` = 1 / (d - 1) is read by the optimizer (``pretrain.param_groups``): the NLL's
     gradient to u is (d - 1) sigmoid(u) dNLL/dkappa, d - 1 times that of an O(1) output, so at the
@@ -90,7 +90,7 @@ class KappaHead(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(x.device.type, enabled=False):
-            u = self.mlp(x.float()).squeeze(-1)
+            u = self.mlp(x.to(torch.promote_types(x.dtype, torch.float32))).squeeze(-1)
             return self.kappa_min + self.scale * F.softplus(u)
 
 

@@ -57,6 +57,7 @@ class Config:
     # system
     device: str = "auto"  # auto | cpu | cuda
     amp: str = "auto"  # auto (bf16 on CUDA, none on CPU) | none | bf16 | fp16
+    dtype: str = "float32"  # parameter dtype; float64 for numerics checks (e.g. DDP against one process)
     workers: int = 0
     threads: int | None = None
     seed: int = 0
@@ -115,11 +116,13 @@ def validate(cfg: Config) -> None:
         (cfg.distribution in DISTRIBUTIONS, f"--distribution must be one of {', '.join(DISTRIBUTIONS)}"),
         (cfg.kappa_input in KAPPA_INPUTS, f"--kappa-input must be one of {', '.join(KAPPA_INPUTS)}"),
         (cfg.amp in ("auto", "none", "bf16", "fp16"), "--amp must be auto, none, bf16 or fp16"),
+        (cfg.dtype in ("float32", "float64"), "--dtype must be float32 or float64"),
+        (cfg.dtype == "float32" or cfg.amp in ("auto", "none"), "--amp needs --dtype float32"),
         (cfg.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
         (cfg.epochs >= 1, "--epochs must be at least 1"),
         (cfg.batch_size >= 2, "--batch-size must be at least 2 (batch norm needs two images)"),
         (cfg.lr > 0, "--lr must be positive"),
-        (0 <= cfg.warmup_epochs < cfg.epochs or cfg.warmup_epochs == 0, "--warmup-epochs must be below --epochs"),
+        (cfg.warmup_epochs >= 0, "--warmup-epochs must be non-negative"),
         (cfg.kappa_min > 0, "--kappa-min must be positive"),
         (cfg.kl_weight >= 0, "--kl-weight must be non-negative"),
         (not (cfg.distribution == "none" and cfg.kl_weight), "--kl-weight needs a distribution (not 'none')"),

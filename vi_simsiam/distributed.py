@@ -2,9 +2,11 @@
 
 Under torchrun (RANK / WORLD_SIZE / LOCAL_RANK in the environment) the process group is
 nccl on GPUs and gloo on CPU. ``torch.nn.SyncBatchNorm`` refuses CPU tensors, so on CPU the
-batch norms are replaced by ``CPUSyncBatchNorm``, which reduces the statistics with the
-differentiable ``torch.distributed.nn.functional.all_reduce``: the forward and the gradients
+batch norms are replaced by ``CPUSyncBatchNorm``, which reduces the statistics with a
+differentiable all-reduce: the forward and the gradients
 are those of one batch norm over the global batch, as with SyncBatchNorm on GPUs.
+(``torch.distributed.nn.functional.all_reduce`` would do, but is deprecated; the few lines of
+``_AllReduceSum`` are the same thing.)
 """
 
 from __future__ import annotations
@@ -83,6 +85,22 @@ def any_rank(flag: bool, ctx: Context) -> bool:
     return bool(value.item())
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Sum over ranks, differentiable: the gradient of a sum over ranks is the sum of the gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm over the global batch for gloo/CPU; any input (N, C, *) as ``nn.SyncBatchNorm``.
 
@@ -97,8 +115,7 @@ class CPUSyncBatchNorm(nn.modules.batchnorm._BatchNorm):
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(input)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _AllReduceSum.apply
         dims = [0] + list(range(2, input.dim()))
         shape = [1, -1] + [1] * (input.dim() - 2)
         count = torch.tensor([input.numel() // input.size(1)], dtype=input.dtype, device=input.device)

@@ -16,10 +16,11 @@ def extract(model, dataset, batch_size: int = 512, device="cpu", workers: int = 
     was_training = model.training
     model.eval()
     features, kappas, labels = [], [], []
+    dtype = next(model.parameters()).dtype
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     try:
         for images, targets in loader:
-            f, kappa = model.embed(images.to(device, non_blocking=True))
+            f, kappa = model.embed(images.to(device, dtype, non_blocking=True))
             features.append(f.float().cpu())
             labels.append(targets)
             if kappa is not None:

@@ -18,6 +18,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from datetime import datetime
 from pathlib import Path
 
@@ -36,7 +37,18 @@ RUNS_ROOT = Path("runs")
 
 
 # ---------------------------------------------------------------------------- run directory
-def _probe_writable(run_dir: Path) -> None:
+def _check_writable(run_dir: Path) -> None:
+    """Fail early, without creating anything, if ``run_dir`` could not be created and written."""
+    ancestor = run_dir.absolute()
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"output directory {run_dir} is not writable: {ancestor} is not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"output directory {run_dir} is not writable: no write permission on {ancestor}")
+
+
+def create_run_dir(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / f".write-probe-{os.getpid()}"
@@ -47,7 +59,7 @@ def _probe_writable(run_dir: Path) -> None:
 
 
 def new_run_dir(cfg: config_lib.Config) -> Path:
-    """A fresh directory for a new run; never one that already holds something."""
+    """The directory for a new run (not created yet); never one that already holds something."""
     if cfg.output_dir:
         run_dir = Path(cfg.output_dir).expanduser()
         if run_dir.exists() and not run_dir.is_dir():
@@ -64,7 +76,7 @@ def new_run_dir(cfg: config_lib.Config) -> Path:
         while run_dir.exists():
             suffix += 1
             run_dir = RUNS_ROOT / f"{cfg.preset}-{cfg.distribution}-{stamp}-{suffix}"
-    _probe_writable(run_dir)
+    _check_writable(run_dir)
     return run_dir
 
 
@@ -111,7 +123,8 @@ def param_groups(model: VISimSiam, cfg: config_lib.Config) -> list[dict]:
 
 def lr_lambdas(cfg: config_lib.Config, steps_per_epoch: int, groups: list[dict]):
     """Per-group multipliers of the step index: linear warmup, then cosine to 0 (or constant)."""
-    total, warmup = cfg.epochs * steps_per_epoch, cfg.warmup_epochs * steps_per_epoch
+    # A run shorter than the warmup (a smoke test) warms up over the whole run.
+    total, warmup = cfg.epochs * steps_per_epoch, min(cfg.warmup_epochs, cfg.epochs) * steps_per_epoch
 
     def cosine(step: int) -> float:
         if step < warmup:
@@ -125,6 +138,8 @@ def lr_lambdas(cfg: config_lib.Config, steps_per_epoch: int, groups: list[dict])
 
 
 def resolve_amp(cfg: config_lib.Config, device: torch.device) -> torch.dtype | None:
+    if cfg.dtype != "float32":
+        return None
     if cfg.amp == "auto":
         return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
     if cfg.amp == "none":
@@ -167,7 +182,8 @@ class Trainer:
         self.steps_per_epoch = len(self.pretrain_set) // cfg.batch_size
 
         torch.manual_seed(cfg.seed)
-        self.model = build_model(cfg).to(ctx.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        self.model = build_model(cfg).to(ctx.device, self.dtype)
         if ctx.distributed:
             self.model = distributed.convert_sync_batchnorm(self.model, ctx.device)
         self.amp_dtype = resolve_amp(cfg, ctx.device)
@@ -180,9 +196,14 @@ class Trainer:
             self._load(resume_from)
         self.net = self.model
         if ctx.distributed:
-            self.net = torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None, broadcast_buffers=False
-            )
+            with warnings.catch_warnings():
+                # broadcast_buffers is deprecated in recent torch, but its replacement is missing in older
+                # ones; with synced batch norm every rank's buffers are equal, so none need broadcasting.
+                warnings.simplefilter("ignore", FutureWarning)
+                self.net = torch.nn.parallel.DistributedDataParallel(
+                    self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+                    broadcast_buffers=False,
+                )
 
     # -- state
     def state(self) -> dict:
@@ -244,8 +265,8 @@ class Trainer:
             self.sampler.set_epoch(self.epoch, start_batch)
             sums, count, started = {}, 0, time.time()
             for x1, x2 in self.loader:
-                x1 = x1.to(ctx.device, non_blocking=True)
-                x2 = x2.to(ctx.device, non_blocking=True)
+                x1 = x1.to(ctx.device, self.dtype, non_blocking=True)
+                x2 = x2.to(ctx.device, self.dtype, non_blocking=True)
                 loss, out = self.train_step(x1, x2)
                 self.step += 1
                 self.batch_in_epoch += 1
@@ -352,7 +373,7 @@ def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | Non
                     path = find_checkpoint(resume, cfg)
                     saved = config_lib.load(path.parent / "config.json")
                     cfg_resumed = config_lib.merge_for_resume(saved, overrides or {})
-                    _probe_writable(path.parent)
+                    _check_writable(path.parent)
                     decision = ("resume", str(path), cfg_resumed.to_dict())
                 else:
                     decision = ("new", str(new_run_dir(cfg)), cfg.to_dict())
@@ -371,7 +392,16 @@ def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | Non
             torch.use_deterministic_algorithms(True, warn_only=True)
             torch.backends.cudnn.benchmark = False
 
-        trainer = Trainer(cfg, ctx, run_dir, resume_from)
+        trainer = Trainer(cfg, ctx, run_dir, resume_from)  # validates the data before anything is written
+        created = None
+        if ctx.is_main and kind == "new":
+            try:
+                create_run_dir(run_dir)
+            except ConfigError as error:
+                created = str(error)
+        created = distributed.broadcast_object(created, ctx)
+        if created is not None:
+            raise ConfigError(created)
         if ctx.is_main:
             if kind == "new":
                 config_lib.save(cfg, run_dir / "config.json")

@@ -1,0 +1,244 @@
+"""vi_simsiam pretraining: learning on digits, bad configurations, SIGKILL/SIGTERM + resume, DDP (gloo).
+
+Runs are tiny (digits, a 32-dimensional embedding, one CPU thread) so that the whole file takes
+well under two minutes on two cores. Subprocess runs use ``python -m vi_simsiam``, the real CLI.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from vi_simsiam import build_model, cli
+from vi_simsiam.config import Config
+from vi_simsiam.checkpoint import CHECKPOINT_NAME
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A model small enough that a digits epoch takes a fraction of a second on one thread.
+TINY = ["--dim", "32", "--pred-dim", "16", "--proj-hidden-dim", "32", "--kappa-hidden-dim", "16", "--threads", "1"]
+EXACT = [*TINY, "--deterministic", "--no-evaluate", "--batch-size", "64", "--epochs", "4", "--warmup-epochs", "1",
+         "--log-every", "5"]
+STEPS_PER_EPOCH = 1347 // 64
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def run_cli(args, cwd, timeout=300, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "vi_simsiam", *args], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=timeout, **kwargs)
+
+
+def final_state(run_dir: Path) -> dict:
+    return torch.load(run_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=False)
+
+
+def assert_bitwise_equal(a: dict, b: dict, what: str) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"{what}: {key} differs (max |diff| {(a[key].double() - b[key].double()).abs().max()})"
+
+
+def epochs_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum('"kind": "epoch"' in line for line in path.read_text().splitlines())
+
+
+@pytest.fixture
+def restore_torch_globals():
+    """In-process runs set the thread count; put it back for the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+# ---------------------------------------------------------------------------- learning
+def test_loss_decreases_and_main_job_summary(tmp_path, capsys, restore_torch_globals):
+    run_dir = tmp_path / "run"
+    code = cli.main(["pretrain", *TINY, "--epochs", "4", "--warmup-epochs", "1", "--batch-size", "128",
+                     "--output-dir", str(run_dir)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "kNN top-1" in printed and "kappa on held-out images" in printed
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["kind"] == "epoch"]
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert all(r["z_std"] > 0.5 for r in rows if r["kind"] == "epoch"), "collapse monitor: outputs collapsed"
+    result = json.loads((run_dir / "eval.json").read_text())
+    assert result["num_test"] == 450 and result["knn_top1"] > 0.8
+    assert 0 < result["kappa"]["min"] <= result["kappa"]["median"] <= result["kappa"]["max"]
+    lines = (run_dir / "test_kappa.csv").read_text().splitlines()
+    assert len(lines) == 451 and lines[0] == "index,label,knn_prediction,correct,kappa"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["epochs"] == 4 and config["distribution"] == "power_spherical" and config["dim"] == 32
+    assert (run_dir / "metrics.csv").read_text().count("\n") == 5
+    assert any((run_dir / "tb").iterdir())
+
+    # An earlier run is never overwritten: the same --output-dir is refused, and nothing changes.
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert cli.main(["pretrain", *TINY, "--output-dir", str(run_dir)]) == 2
+    assert "not empty" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
+
+
+# ---------------------------------------------------------------------------- bad configuration
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "mnist"], "unknown preset 'mnist'"),
+        (["--preset", "cifar10"], "needs --data-dir"),
+        (["--preset", "cifar10", "--data-dir", "{tmp}/missing"], "does not exist"),
+        (["--preset", "cifar10", "--data-dir", "{tmp}"], "no batch files"),
+        (["--preset", "imagefolder", "--data-dir", "{tmp}"], "is not a directory"),
+        (["--batch-size", "4096"], "larger than the data set (1347 training images)"),
+        (["--resume", "auto", "--output-dir", "{tmp}/never-ran"], "nothing to resume"),
+        (["--resume", "auto"], "nothing to resume"),
+        (["--resume", "{tmp}/nowhere/checkpoint.pt"], "no checkpoint at"),
+        (["--output-dir", "{tmp}/a-file/run"], "not writable"),
+        (["--amp", "fp16", "--device", "cpu"], "needs a CUDA device"),
+    ],
+)
+def test_bad_configuration_is_a_clear_error(args, message, tmp_path, capsys, monkeypatch, restore_torch_globals):
+    monkeypatch.chdir(tmp_path)  # --resume auto searches ./runs
+    (tmp_path / "a-file").write_text("not a directory")
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    assert cli.main(["pretrain", *TINY, "--epochs", "1", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vi-simsiam: error: ") and message in err, err
+    assert "Traceback" not in err
+    # a refused run leaves nothing behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only directories")
+def test_read_only_output_dir(tmp_path, capsys, restore_torch_globals):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        assert cli.main(["pretrain", *TINY, "--output-dir", str(locked / "run")]) == 2
+        assert "not writable" in capsys.readouterr().err
+    finally:
+        locked.chmod(0o700)
+
+
+def test_bad_configuration_from_the_console(tmp_path):
+    """The real entry point: exit status 2 and one line on stderr."""
+    done = run_cli(["pretrain", "--preset", "nope"], cwd=tmp_path, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith("vi-simsiam: error: unknown preset 'nope'")
+
+
+# ---------------------------------------------------------------------------- kill and resume
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    done = run_cli(["pretrain", *EXACT, "--output-dir", str(run_dir)], cwd=run_dir.parent)
+    assert done.returncode == 0, done.stderr
+    return final_state(run_dir)
+
+
+def _start_and_interrupt(run_dir: Path, sig: int, after_epochs: int, extra_wait: float = 0.0) -> int:
+    process = subprocess.Popen([sys.executable, "-m", "vi_simsiam", "pretrain", *EXACT, "--output-dir", str(run_dir)],
+                               cwd=run_dir.parent, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    try:
+        deadline = time.time() + 240
+        while epochs_logged(run_dir) < after_epochs:
+            assert process.poll() is None, f"run ended before it could be interrupted: {process.communicate()}"
+            assert time.time() < deadline, "run too slow to reach the interruption point"
+            time.sleep(0.01)
+        time.sleep(extra_wait)
+        assert process.poll() is None, "run ended before it could be interrupted"
+        process.send_signal(sig)
+        process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def test_sigkill_then_resume_is_bitwise_equal(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    returncode = _start_and_interrupt(run_dir, signal.SIGKILL, after_epochs=2)
+    assert returncode == -signal.SIGKILL
+    killed_at = final_state(run_dir)
+    assert 2 <= killed_at["epoch"] < 4, "the kill landed after the run finished"
+    done = run_cli(["pretrain", *EXACT, "--output-dir", str(run_dir), "--resume", "auto"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resuming" in done.stdout
+    resumed = final_state(run_dir)
+    assert resumed["epoch"] == 4 and resumed["step"] == uninterrupted["step"]
+    assert_bitwise_equal(resumed["model"], uninterrupted["model"], "model")
+    for a, b in zip(resumed["optimizer"]["state"].values(), uninterrupted["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
+def test_sigterm_checkpoints_mid_epoch_and_resume_is_bitwise_equal(uninterrupted, tmp_path):
+    run_dir = tmp_path / "run"
+    returncode = _start_and_interrupt(run_dir, signal.SIGTERM, after_epochs=1, extra_wait=0.15)
+    assert returncode == 128 + signal.SIGTERM
+    stopped = final_state(run_dir)
+    assert stopped["epoch"] < 4 and stopped["step"] == stopped["epoch"] * STEPS_PER_EPOCH + stopped["batch_in_epoch"]
+    done = run_cli(["pretrain", *EXACT, "--output-dir", str(run_dir), "--resume", "auto"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert_bitwise_equal(final_state(run_dir)["model"], uninterrupted["model"], "model")
+
+
+def test_resume_refuses_a_changed_configuration(uninterrupted, tmp_path, capsys, restore_torch_globals):
+    run_dir = tmp_path / "run"
+    (run_dir).mkdir()
+    (run_dir / "config.json").write_text(json.dumps(uninterrupted["config"]))
+    torch.save(uninterrupted, run_dir / CHECKPOINT_NAME)
+    assert cli.main(["pretrain", "--output-dir", str(run_dir), "--resume", "auto", "--lr", "0.5"]) == 2
+    assert "--lr 0.5 differs from the run being resumed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------- DDP
+@pytest.mark.slow
+def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+    """torchrun, 2 gloo processes x 224 images = 1 process x 448 images, 9 SGD steps, in float64.
+
+    Same global batches and views (``GlobalBatchSampler``, per-sample seeds), synced batch norm,
+    gradients averaged by DDP: the only difference is the order of floating-point sums.
+    Tolerance: every weight within 1e-9 of the distance it moved in training (measured ~1e-12).
+    In float32 the runs differ by ~0.4% of one step's update even after a single step — the
+    backbone gradients are sums of nearly cancelling per-image terms — hence float64 here.
+    """
+    common = [*TINY, "--deterministic", "--no-evaluate", "--dtype", "float64", "--batch-size", "448", "--epochs", "3",
+              "--warmup-epochs", "1"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    done = run_cli(["pretrain", *common, "--output-dir", str(one)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "vi_simsiam", "pretrain", *common, "--output-dir", str(two)]
+    done = subprocess.run(torchrun, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "2 process(es)" in done.stdout
+    a, b = final_state(one), final_state(two)
+    assert a["step"] == b["step"] == 3 * (1347 // 448)
+    cfg = Config(**a["config"])
+    torch.manual_seed(cfg.seed)
+    initial = build_model(cfg).double().state_dict()
+    for key, weight in a["model"].items():
+        if not weight.is_floating_point():
+            assert torch.equal(weight, b["model"][key]), key
+            continue
+        moved = (weight - initial[key]).abs().max()
+        assert (weight - b["model"][key]).abs().max() <= 1e-9 * moved + 1e-15, key
