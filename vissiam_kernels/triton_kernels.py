@@ -18,7 +18,12 @@ agree to rounding. Differences forced by Triton:
   spherical family at d >= 21), and give the same sums.
 - Python float kernel arguments are float32 on the GPU, so nothing precision-bearing is
   passed as a float: the dimension is an int and derived quantities (beta, nu,
-  log |S^{d-1}|) are computed here in float64.
+  log |S^{d-1}|) are computed here in float64. Float literals are exact in arithmetic with
+  float64 tensors, but one passed to ``tl.where`` / ``tl.maximum`` becomes a float32 constant
+  first (1e-12 -> 9.99999996e-13): such constants go through ``_f64_like``.
+- Module constants are ``tl.constexpr(...)`` objects: the compiler, unlike the interpreter,
+  rejects annotated globals (tests/test_triton_compile.py compiles every kernel for sm_80 and
+  sm_90 without a GPU, so such differences surface in CI).
 
 Per-row scalar math is float64 (B values per call: free). Row reductions accumulate in
 float64 when ``ACC_F64`` (the default, see triton_ops.ACCUMULATE_FLOAT64: float32 sums put
