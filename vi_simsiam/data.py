@@ -89,8 +89,8 @@ def load_digits_split(test_fraction: float = 0.25, split_seed: int = 0):
 
 
 CIFAR_LAYOUT = {
-    "cifar10": ("cifar-10-batches-py", "data_batch_*", "test_batch", b"labels"),
-    "cifar100": ("cifar-100-python", "train", "test", b"fine_labels"),
+    "cifar10": ("cifar-10-batches-py", "data_batch_*", "test_batch", "labels"),
+    "cifar100": ("cifar-100-python", "train", "test", "fine_labels"),
 }
 
 
@@ -99,7 +99,9 @@ def _read_cifar_batches(files, label_key):
     for file in files:
         with open(file, "rb") as handle:
             batch = pickle.load(handle, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        # The published batches are Python 2 pickles (bytes keys); accept str keys from Python 3 writers too.
+        batch = {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
+        images.append(np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         labels.extend(batch[label_key])
     return np.ascontiguousarray(np.concatenate(images)), np.asarray(labels)
 
