@@ -18,6 +18,23 @@ def pytest_configure(config):
     torch.manual_seed(0)
 
 
+def pytest_collection_modifyitems(config, items):
+    """Without a CUDA device the tests marked ``gpu`` are deselected (one line says how many), not
+    skipped one by one; bench/gpu_check.sh runs them on a GPU machine."""
+    if torch.cuda.is_available():
+        return
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
+    if gpu:
+        items[:] = [item for item in items if not item.get_closest_marker("gpu")]
+        config.hook.pytest_deselected(items=gpu)
+        config._vissiam_gpu_deselected = len(gpu)
+
+
+def pytest_report_header(config):
+    if not torch.cuda.is_available():
+        return "vissiam-kernels: no CUDA device; tests marked gpu are deselected (bench/gpu_check.sh runs them)"
+
+
 @pytest.fixture
 def use_backend(monkeypatch):
     """``use_backend("cpu")`` sets VISSIAM_BACKEND for the test; returns a checker of the backend that ran."""

@@ -42,6 +42,9 @@ def _nll_setup_context(ctx, inputs, output):
     ctx.views = len(mu)
     ctx.rows = [m.shape[0] for m in mu]
     ctx.kappa_dtypes = [k.dtype for k in kappa]
+    # row_state carries no gradient: no zero-filled (rows, 4) tensor is made for it in backward
+    ctx.mark_non_differentiable(output[1])
+    ctx.set_materialize_grads(False)
 
 
 def _nll_backward(ops, ctx, grad_nll, grad_row_state):
@@ -51,6 +54,8 @@ def _nll_backward(ops, ctx, grad_nll, grad_row_state):
     needs_mu, needs_target, needs_kappa = ctx.needs_input_grad[:3]
     grad_mu = grad_target = [None] * views
     grad_kappa = [None] * len(ctx.kappa_dtypes)
+    if grad_nll is None:
+        return grad_mu, grad_target, grad_kappa, None
     if any(_as_list(needs_mu)):
         grad_mu = ops.scaled_row_combination(grad_nll, row_state[:, 0], row_state[:, 2], mu, target)
     if any(_as_list(needs_target)):

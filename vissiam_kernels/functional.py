@@ -75,8 +75,13 @@ def vmf_kl_uniform(kappa: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- likelihoods
-def _nll_per_row(views, family: str) -> list[torch.Tensor]:
-    """Per-row NLL of each view (mu, target, kappa or None, rows_shape) -> list of (rows_shape) tensors."""
+def _nll_per_row(views, family: str, reduction: str = "none", view_factor: float = 1.0) -> list[torch.Tensor]:
+    """Per-row NLL of each view (mu, target, kappa or None, rows_shape) -> list of (rows_shape) tensors.
+
+    ``reduction`` and ``view_factor`` say how the caller will reduce the rows (mean/sum, times
+    view_factor), so that the Triton training path can write the gradient during the forward pass
+    already scaled as backward() will ask (see vissiam_kernels/triton_ops.py).
+    """
     device = views[0][0].device
     backend = _dispatch.select_backend(device)
     if backend == "reference":
@@ -93,7 +98,15 @@ def _nll_per_row(views, family: str) -> list[torch.Tensor]:
     mus = [mu.reshape(-1, dim) for mu, _, _, _ in views]
     targets = [target.reshape(-1, dim) for _, target, _, _ in views]
     kappas = [] if family == "none" else [kappa.reshape(-1) for _, _, kappa, _ in views]
-    nll, _ = _dispatch.op_namespace(backend).spherical_nll(mus, targets, kappas, _FAMILY_CODES[family])
+    if backend == "triton":
+        from . import triton_ops
+
+        weight = triton_ops.predicted_upstream_weight(
+            reduction, views[0][3].numel(), view_factor, reference.compute_dtype(*mus, *kappas)
+        )
+        nll = triton_ops.spherical_nll_training(mus, targets, kappas, _FAMILY_CODES[family], weight)
+    else:
+        nll, _ = _dispatch.op_namespace(backend).spherical_nll(mus, targets, kappas, _FAMILY_CODES[family])
     return [rows.reshape(shape) for rows, (_, _, _, shape) in zip(nll.split([m.shape[0] for m in mus]), views)]
 
 
@@ -114,7 +127,7 @@ def power_spherical_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Ten
     """
     check_reduction(reduction)
     view = _view("mu", mu, "target", target, "kappa", kappa)
-    return reference.reduce(_nll_per_row([view], "power_spherical")[0], reduction)
+    return reference.reduce(_nll_per_row([view], "power_spherical", reduction)[0], reduction)
 
 
 def vmf_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Tensor, reduction: str = "mean"):
@@ -124,7 +137,7 @@ def vmf_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Tensor, reducti
     """
     check_reduction(reduction)
     view = _view("mu", mu, "target", target, "kappa", kappa)
-    return reference.reduce(_nll_per_row([view], "vmf")[0], reduction)
+    return reference.reduce(_nll_per_row([view], "vmf", reduction)[0], reduction)
 
 
 def vmf_loss(p: torch.Tensor, z: torch.Tensor, kappa=None, *, distribution: str = "vmf", reduction: str = "mean"):
@@ -140,7 +153,7 @@ def vmf_loss(p: torch.Tensor, z: torch.Tensor, kappa=None, *, distribution: str 
         z = z.detach()
     view = _view("p", p, "z", z, "kappa", kappa)
     family = "none" if kappa is None else distribution
-    return reference.reduce(_nll_per_row([view], family)[0], reduction)
+    return reference.reduce(_nll_per_row([view], family, reduction)[0], reduction)
 
 
 def power_spherical_loss(p: torch.Tensor, z: torch.Tensor, kappa, reduction: str = "mean"):
@@ -186,7 +199,7 @@ def vi_simsiam_loss(
             f"both views must have one shape and device; got p1 {tuple(view1[0].shape)} on {view1[0].device} "
             f"and p2 {tuple(view2[0].shape)} on {view2[0].device}"
         )
-    nll1, nll2 = _nll_per_row([view1, view2], distribution)
+    nll1, nll2 = _nll_per_row([view1, view2], distribution, reduction, view_factor=0.5)
     loss = 0.5 * (nll1 + nll2)
     if kl_weight:
         dim = view1[0].shape[-1]
