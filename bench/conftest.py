@@ -20,6 +20,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import os
+import time
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +70,7 @@ TARGETS = [
 ]
 
 _LOAD_AT_START = load_average()
+_SESSION_START = time.time()
 
 
 # ---------------------------------------------------------------- options, timing markers
@@ -181,6 +183,7 @@ def machine_description(config) -> dict:
         "copy_GBps": measured_copy_bandwidths(),
         "loadavg_start": _LOAD_AT_START,
         "loadavg_end": load_average(),
+        "session_wall_s": time.time() - _SESSION_START,
     }
     try:
         import triton

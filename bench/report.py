@@ -24,7 +24,7 @@ import matplotlib.ticker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _harness import FUSED_PREFERENCE  # noqa: E402
-from conftest import check_targets  # noqa: E402  (bench/conftest.py: the one list of TARGETS)
+from conftest import TARGETS, check_targets  # noqa: E402  (bench/conftest.py: the one list of TARGETS)
 
 PROVIDER_ORDER = ("fused-cpu", "fused-triton", "fused-cuda", "compiled", "eager", "power_spherical_pkg",
                   "scipy_ive", "simsiam_cosine")
@@ -73,6 +73,8 @@ def machine_lines(data) -> list[str]:
         if ours.get("cpu_count") and max(start[0], end[0]) > 0.5 * ours["cpu_count"]:
             lines.append("- **taken under load**: other processes shared the CPUs, so the times are noisy "
                          "and multi-threaded eager PyTorch suffers most (each op waits for a descheduled thread)")
+    if ours.get("session_wall_s"):
+        lines.append(f"- the whole pytest session took {ours['session_wall_s'] / 60:.1f} min")
     lines.append(f"- date {data.get('datetime', '?')}, commit {data.get('commit_info', {}).get('id', '?')[:12]}"
                  f"{' (dirty)' if data.get('commit_info', {}).get('dirty') else ''}")
     return lines
@@ -177,12 +179,17 @@ def targets_table(data, rows) -> list[str]:
     medians = defaultdict(dict)
     for r in rows:
         medians[r["group"]][r["provider"]] = r["median"]
-    results = check_targets(medians, data.get("machine_info", {}).get("vissiam", {}).get("bench_threads"))
-    if not results:
+    threads = data.get("machine_info", {}).get("vissiam", {}).get("bench_threads")
+    results = check_targets(medians, threads)
+    unchecked = sorted({(t.group, t.cpu_threads) for t in TARGETS
+                        if t.cpu_threads is not None and t.cpu_threads != threads})
+    if not results and not unchecked:
         return []
     out = ["## Targets", "", "| group | ratio | need | met |", "|---|---|---|---|"]
     for t in results:
         out.append(f"| {t['group']} | {t['ratio']} | {t['need']} | {'yes' if t['met'] else '**no**'} |")
+    for group, need_threads in unchecked:
+        out.append(f"| {group} | not checked: defined at {need_threads} threads, this run used {threads} | | |")
     return out + [""]
 
 
