@@ -67,29 +67,40 @@ class DigitsAugmentation:
         return out
 
 
-def digits_eval_transform(image: torch.Tensor) -> torch.Tensor:
+def _identity(image):
     return image
 
 
-def cifar_transforms(train: bool):
-    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(CIFAR_MEAN, CIFAR_STD)]
-    if not train:
-        return v2.Compose(normalize)
+def eval_parts(kind: str, image_size: int):
+    """(prepare, normalize) of the evaluation transform: prepare gives a float tensor in [0, 1] at
+    the evaluation size, normalize finishes it. The uncertainty analysis corrupts images in between.
+    """
+    to_float = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if kind == "digits":
+        return _identity, _identity
+    if kind == "cifar":
+        return v2.Compose(to_float), v2.Normalize(CIFAR_MEAN, CIFAR_STD)
+    if kind == "imagenet":
+        resize = [v2.Resize(int(image_size * 256 / 224), antialias=True), v2.CenterCrop(image_size)]
+        return v2.Compose([*resize, *to_float]), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    raise ValueError(f"unknown augmentation set {kind!r}")
+
+
+def cifar_transforms():
     return v2.Compose(
         [
             v2.RandomResizedCrop(32, scale=(0.2, 1.0), antialias=True),
             v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
             v2.RandomGrayscale(p=0.2),
             v2.RandomHorizontalFlip(),
-            *normalize,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(CIFAR_MEAN, CIFAR_STD),
         ]
     )
 
 
-def imagenet_transforms(train: bool, size: int = 224):
-    normalize = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    if not train:
-        return v2.Compose([v2.Resize(int(size * 256 / 224), antialias=True), v2.CenterCrop(size), *normalize])
+def imagenet_transforms(size: int = 224):
     return v2.Compose(
         [
             v2.RandomResizedCrop(size, scale=(0.2, 1.0), antialias=True),
@@ -98,17 +109,22 @@ def imagenet_transforms(train: bool, size: int = 224):
             # SimSiam blurs with PIL radius sigma; a kernel of ~10% of the image covers sigma <= 2 at 224.
             v2.RandomApply([v2.GaussianBlur(kernel_size=2 * (size // 20) + 1, sigma=(0.1, 2.0))], p=0.5),
             v2.RandomHorizontalFlip(),
-            *normalize,
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(IMAGENET_MEAN, IMAGENET_STD),
         ]
     )
 
 
 def build_transforms(kind: str, train: bool, image_size: int):
-    """The per-sample transform for ``kind`` in {"digits", "cifar", "imagenet"}."""
+    """The per-sample transform for ``kind`` in {"digits", "cifar", "imagenet"}: two-view augmentation or eval."""
+    if not train:
+        prepare, normalize = eval_parts(kind, image_size)
+        return v2.Compose([prepare, normalize]) if kind != "digits" else _identity
     if kind == "digits":
-        return DigitsAugmentation() if train else digits_eval_transform
+        return DigitsAugmentation()
     if kind == "cifar":
-        return cifar_transforms(train)
+        return cifar_transforms()
     if kind == "imagenet":
-        return imagenet_transforms(train, image_size)
+        return imagenet_transforms(image_size)
     raise ValueError(f"unknown augmentation set {kind!r}")

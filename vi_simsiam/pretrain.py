@@ -4,8 +4,9 @@
         config.json       the resolved configuration
         checkpoint.pt     the latest training state (atomic; every epoch and on SIGTERM/SIGINT)
         metrics.jsonl     every logged record; metrics.csv one row per epoch; tb/ TensorBoard
-        eval.json         kNN top-1 and kappa statistics on the held-out split (when evaluated)
-        test_kappa.csv    kappa, label, kNN prediction for every held-out image
+        eval.json         the headline numbers on the held-out split (kNN, linear probe, kappa analysis)
+        knn.json, linear.json, test_predictions.csv, uncertainty.json, report.md, figures/
+                          written by ``evaluation`` (also available as separate commands)
 
 Exactness: on CPU with ``deterministic`` and a fixed thread count, a run killed at any point and
 resumed with ``--resume auto`` ends bitwise equal to an uninterrupted one (tested with SIGKILL).
@@ -306,37 +307,20 @@ class Trainer:
 
 
 def evaluate(trainer: Trainer) -> dict:
-    """kNN top-1 on the held-out split and kappa for every held-out image; writes eval.json, test_kappa.csv."""
+    """kNN, linear probe and (VI-SimSiam) the uncertainty analysis on the held-out split.
+
+    Writes eval.json (the headline numbers) and what ``evaluation.evaluate_all`` writes (knn.json,
+    linear.json, test_predictions.csv, and for VI-SimSiam uncertainty.json, report.md, figures/).
+    """
     import json
 
-    from .features import extract
-    from .knn import knn_predict
+    from .evaluation import Run, evaluate_all
 
-    cfg, model, device = trainer.cfg, trainer.model, trainer.ctx.device
-    train_f, _, train_y = extract(model, trainer.eval_train_set, cfg.eval_batch_size, device, cfg.workers)
-    test_f, test_kappa, test_y = extract(model, trainer.eval_test_set, cfg.eval_batch_size, device, cfg.workers)
-    num_classes = int(max(train_y.max(), test_y.max())) + 1
-    predictions, _ = knn_predict(train_f.to(device), train_y, test_f.to(device), num_classes, cfg.knn_k, cfg.knn_temperature)
-    predictions = predictions.cpu()
-    correct = predictions == test_y
-    result = {
-        "knn_top1": correct.float().mean().item(),
-        "knn_k": cfg.knn_k,
-        "knn_temperature": cfg.knn_temperature,
-        "num_test": len(test_y),
-        "num_train": len(train_y),
-        "epoch": trainer.epoch,
-    }
-    if test_kappa is not None:
-        q = torch.quantile(test_kappa.double(), torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64))
-        result["kappa"] = dict(zip(["min", "p10", "median", "p90", "max"], q.tolist()))
-        result["kappa"]["mean"] = test_kappa.mean().item()
+    run = Run(trainer.cfg, trainer.model, trainer.run_dir, trainer.eval_train_set, trainer.eval_test_set,
+              trainer.ctx.device, trainer.step)
+    result = evaluate_all(run)
+    result["epoch"] = trainer.epoch
     (trainer.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    with open(trainer.run_dir / "test_kappa.csv", "w") as handle:
-        handle.write("index,label,knn_prediction,correct,kappa\n")
-        for i in range(len(test_y)):
-            kappa = f"{test_kappa[i].item():.6g}" if test_kappa is not None else ""
-            handle.write(f"{i},{test_y[i].item()},{predictions[i].item()},{int(correct[i])},{kappa}\n")
     return result
 
 
@@ -345,12 +329,18 @@ def summary_text(cfg: config_lib.Config, result: dict, seconds: float, run_dir: 
     lines = [
         f"{name} on {cfg.dataset}: {cfg.epochs} epochs, {seconds:.0f} s wall time ({torch.get_num_threads()} CPU threads)",
         f"  kNN top-1 (k={result['knn_k']}, t={result['knn_temperature']}) on {result['num_test']} held-out images: "
-        f"{result['knn_top1']:.4f}",
+        f"{result['knn_top1']:.4f}; linear probe: {result['linear_top1']:.4f}",
     ]
     if "kappa" in result:
         k = result["kappa"]
-        lines.append(f"  kappa on held-out images: median {k['median']:.4g}, 10-90% [{k['p10']:.4g}, {k['p90']:.4g}], "
-                     f"range [{k['min']:.4g}, {k['max']:.4g}] (d = {cfg.dim})")
+        lines += [
+            f"  kappa on held-out images: median {k['median']:.4g}, range [{k['min']:.4g}, {k['max']:.4g}] (d = {cfg.dim})",
+            f"  kappa -> kNN correctness: AUROC {result['auroc_knn']:.3f}; accuracy in the lowest / highest kappa "
+            f"decile {result['bottom_decile_knn']:.3f} / {result['top_decile_knn']:.3f}",
+            "  mean kappa, strongest corruption / clean: "
+            + ", ".join(f"{n} {r:.2f}" for n, r in result["corruption_ratio"].items()),
+            f"  report: {run_dir / 'report.md'}",
+        ]
     lines.append(f"  run directory: {run_dir}")
     return "\n".join(lines)
 
