@@ -23,6 +23,19 @@ TORCH_LIBRARY(vissiam_kernels, m) {
   // 3 entropy, 4 KL to the uniform distribution. Output: kappa's shape, float32
   // (float64 for float64 kappa).
   m.def("normalizer_quantity(Tensor kappa, int dim, int family, int quantity) -> Tensor");
+  // The minimum-traffic training form of spherical_nll (CPU C++ and Triton; see
+  // vissiam_kernels/_fused_training.py): the same outputs, and in the same pass
+  // over the rows the input gradients for the upstream gradient grad_weight per
+  // row: grad_mu[v] = grad_weight * dNLL/dmu[v] (if grad_mu), the same for
+  // target; applied (sum B_v,) float64 records the weight each row holds.
+  m.def("spherical_nll_with_grad(Tensor[] mu, Tensor[] target, Tensor[] kappa, int family,"
+        " float grad_weight, bool grad_mu, bool grad_target)"
+        " -> (Tensor nll, Tensor row_state, Tensor[] grad_mu, Tensor[] grad_target, Tensor applied)");
+  // In place: every row r of the gradient buffers (rows numbered across views)
+  // whose applied[r] differs from upstream[r] is scaled by upstream[r] / applied[r],
+  // and applied[r] becomes upstream[r]; rows already right are not touched.
+  m.def("rescale_rows_(Tensor(a!)[] grad_mu, Tensor(b!)[] grad_target, Tensor(c!) applied,"
+        " Tensor upstream) -> ()");
   // The header's special functions elementwise on float64 tensors a, b (same
   // shape), for testing the shared math through the CPU build: name is one of
   // lgamma_difference(a, b), digamma_difference(a, b), trigamma_difference(a, b),

@@ -52,7 +52,9 @@ def load_cpu_library() -> None:
         name=name,
         sources=[str(src / "ops.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp")],
         extra_include_paths=[str(src / "include")],
-        extra_cflags=["-O3", "-fno-math-errno"],
+        # -fopenmp: at::parallel_for is inline OpenMP in the ATen headers; without it rows run serially
+        extra_cflags=["-O3", "-fno-math-errno", "-fopenmp"],
+        extra_ldflags=["-fopenmp"],
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=os.environ.get("VISSIAM_VERBOSE_BUILD") == "1",
@@ -61,4 +63,10 @@ def load_cpu_library() -> None:
 
     _ops.register_fake_kernels("vissiam_kernels")
     _ops.register_autograd("vissiam_kernels")
+    from . import _fused_training
+
+    ops = torch.ops.vissiam_kernels
+    _fused_training.register(
+        "cpu", _fused_training.FusedKernels("vissiam_kernels", ops.spherical_nll_with_grad, ops.rescale_rows_)
+    )
 

@@ -32,6 +32,19 @@ def _combination_fake(scale, coef_x, coef_y, x, y):
     return [torch.empty_like(v, memory_format=torch.contiguous_format) for v in x]
 
 
+def _nll_with_grad_fake(mu, target, kappa, family, grad_weight, grad_mu, grad_target):
+    nll, state = _nll_fake(mu, target, kappa, family)
+    rows = nll.shape[0]
+    out_mu = [torch.empty_like(m, memory_format=torch.contiguous_format) for m in mu] if grad_mu else []
+    out_target = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in target] if grad_target else []
+    applied = mu[0].new_empty((rows if grad_mu or grad_target else 0,), dtype=torch.float64)
+    return nll, state, out_mu, out_target, applied
+
+
+def _rescale_rows_fake(grad_mu, grad_target, applied, upstream):
+    return None
+
+
 def _quantity_fake(kappa, dim, family, quantity):
     return torch.empty_like(kappa, dtype=torch.float64 if kappa.dtype == torch.float64 else torch.float32)
 
@@ -96,6 +109,8 @@ def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
     torch.library.register_fake(f"{namespace}::spherical_nll")(_nll_fake)
     torch.library.register_fake(f"{namespace}::scaled_row_combination")(_combination_fake)
     torch.library.register_fake(f"{namespace}::normalizer_quantity")(_quantity_fake)
+    torch.library.register_fake(f"{namespace}::spherical_nll_with_grad")(_nll_with_grad_fake)
+    torch.library.register_fake(f"{namespace}::rescale_rows_")(_rescale_rows_fake)
 
 
 @functools.cache

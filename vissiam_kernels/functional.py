@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _dispatch, reference
+from . import _dispatch, _fused_training, reference
 from ._validation import (
     DISTRIBUTIONS,
     check_dim,
@@ -98,13 +98,12 @@ def _nll_per_row(views, family: str, reduction: str = "none", view_factor: float
     mus = [mu.reshape(-1, dim) for mu, _, _, _ in views]
     targets = [target.reshape(-1, dim) for _, target, _, _ in views]
     kappas = [] if family == "none" else [kappa.reshape(-1) for _, _, kappa, _ in views]
-    if backend == "triton":
-        from . import triton_ops
-
-        weight = triton_ops.predicted_upstream_weight(
+    fused = _fused_training.kernels_for(backend)
+    if fused is not None:
+        weight = _fused_training.predicted_upstream_weight(
             reduction, views[0][3].numel(), view_factor, reference.compute_dtype(*mus, *kappas)
         )
-        nll = triton_ops.spherical_nll_training(mus, targets, kappas, _FAMILY_CODES[family], weight)
+        nll = _fused_training.spherical_nll_training(fused, mus, targets, kappas, _FAMILY_CODES[family], weight)
     else:
         nll, _ = _dispatch.op_namespace(backend).spherical_nll(mus, targets, kappas, _FAMILY_CODES[family])
     return [rows.reshape(shape) for rows, (_, _, _, shape) in zip(nll.split([m.shape[0] for m in mus]), views)]

@@ -9,31 +9,11 @@ traces into the kernels (``custom_op`` where torch lacks them):
 - ``spherical_nll``, ``scaled_row_combination``, ``normalizer_quantity``: the schemas of
   csrc/ops.cpp exactly; gradients from vissiam_kernels._ops.register_autograd, shared with the
   C++ backends.
-- ``spherical_nll_with_grad``: the minimum-traffic training path (below). Callers use
-  ``spherical_nll_training``, which in eager mode runs the same kernels through
-  ``_EagerFusedNLL`` (an autograd.Function: ~100 us less host time per step than the op's
-  Python autograd layer) and the op under torch.compile.
-
-Memory traffic of a training step (S = bytes of one (B, D) tensor; z needs no gradient):
-
-- Op-schema path: forward reads p, z (2S); backward = ``scaled_row_combination`` reads p, z
-  and writes grad_p (3S). Total 5S, and p, z stay alive until backward.
-- Fused path: the forward reads p, z once and, from the same registers, writes
-  grad_p = w * dNLL/dp for the upstream gradient w the caller predicts (w = dL/dnll[r]:
-  1/B for a mean, 1/(2B) per view for vi_simsiam_loss, 1 for a sum; ``predicted_upstream_weight``).
-  The backward (``rescale_rows_kernel``, in place, on the device) compares each row's actual
-  upstream gradient u[r] with w: equal rows are not touched (12 bytes read per row), other
-  rows are multiplied by u[r]/w. The buffer becomes p.grad as is (autograd takes it over: no
-  copy, and no zero-filled gradients for the buffer outputs). So ``loss.backward()`` moves 3S
-  in all — read p, z, write grad_p (+ write grad_z when z needs a gradient) — and any other
-  upstream gradient (a loss weight, a GradScaler's scale, reduction="none" with per-row
-  gradients) is still exact, at +2S for the rows concerned. No host synchronization decides
-  anything. Nothing of size (B, D) is saved except the gradient itself. Rows longer than
-  MAX_BLOCK_D (8192) elements are swept twice (the second time mostly from L2).
-  The in-place rescale happens only on the node's last use (a backward that frees the
-  graph); with retain_graph / create_graph, or under torch.compile, the backward returns a
-  rescaled copy (+2S) and leaves the buffers as they were, so a gradient already handed out
-  is never modified. Double backward is not supported on this path.
+- ``spherical_nll_with_grad``: the minimum-traffic training path, with ``rescale_rows_`` (a
+  launcher): a training step reads p and z once and writes grad_p (3S instead of 5S). The autograd
+  glue, its eager twin and the traffic accounting live in vissiam_kernels/_fused_training.py,
+  shared with the CPU C++ backend. Rows longer than MAX_BLOCK_D (8192) elements are swept twice
+  (the second time mostly from L2).
 
 Invalid kappa (negative, NaN, inf): the kernels write NaN into every output of the row (never
 a finite wrong answer). On CPU tensors (interpreter) the launcher raises ValueError like the
@@ -61,6 +41,9 @@ import math
 import os
 
 import torch
+
+from . import _fused_training
+from ._fused_training import is_fake as _is_fake
 
 NAMESPACE = "vissiam_triton"
 
@@ -100,7 +83,7 @@ conversions per element pair stay far below the memory time. ``VISSIAM_TRITON_AC
 is for GPUs with little FP64 throughput."""
 CHECK_KAPPA = os.environ.get("VISSIAM_TRITON_CHECK_KAPPA", "1").strip() != "0"
 EAGER_FUNCTION = True
-"""``spherical_nll_training`` in eager mode through ``_EagerFusedNLL`` (low host overhead); False:
+"""``spherical_nll_training`` in eager mode through ``_fused_training.EagerFusedNLL`` (low host overhead); False:
 through the op, as under torch.compile (the tests run both)."""
 AUTOTUNE = os.environ.get("VISSIAM_TRITON_AUTOTUNE", "0").strip() == "1"
 
@@ -235,13 +218,6 @@ def asymptotic_steps(family: int, dim: int) -> int:
 
 
 # ================================================================ argument checks (as csrc/cpu)
-def _is_fake(t: torch.Tensor) -> bool:
-    """Traced (fake / functional) tensors: no values to check, no data to read."""
-    from torch._subclasses.fake_tensor import is_fake
-
-    return is_fake(t) or type(t).__name__ == "FunctionalTensor"
-
-
 def _check_device(t: torch.Tensor, name: str) -> None:
     if t.device.type != "cuda" and not interpreted():
         raise ValueError(
@@ -553,121 +529,14 @@ if _IMPORT_ERROR is None:
     spherical_nll_with_grad = _define("spherical_nll_with_grad", _FUSED_SCHEMA, _spherical_nll_with_grad)
 
 
-# ================================================================ autograd of the fused op
-def _fused_setup_context(ctx, inputs, output):
-    mu, target, kappa, family, grad_weight, grad_mu, grad_target = inputs
-    _, state, out_mu, out_target, applied = output
-    # Only nll is a loss; without this the engine would fill a zero "gradient" for each of the
-    # gradient buffers (2S of writes per step) before calling the backward.
-    ctx.mark_non_differentiable(state, applied, *out_mu, *out_target)
-    ctx.set_materialize_grads(False)
-    ctx.save_for_backward(state, applied, *out_mu, *out_target)
-    ctx.rows = [m.shape[0] for m in mu]
-    ctx.kappa_dtypes = [k.dtype for k in kappa]
-    ctx.has_mu, ctx.has_target = bool(grad_mu), bool(grad_target)
-
-
-def _flags(flag) -> list[bool]:
-    return [bool(f) for f in flag] if isinstance(flag, (list, tuple)) else [bool(flag)]
-
-
-def _graph_kept() -> bool:
-    """Whether the running backward keeps the graph (retain_graph / create_graph): then this
-    node may be called again, and its gradient buffers must not be modified."""
-    getter = getattr(torch._C._autograd, "_get_current_graph_task_keep_graph", None)
-    if getter is None:
-        return True
-    try:
-        return bool(getter())
-    except RuntimeError:
-        return True
-
-
-def _rescaled_copy(buffers, upstream, applied):
-    # Out of place: g * u/w per row, in the buffer's compute precision.
-    ratio = upstream.to(torch.float64) / applied
-    out, offset = [], 0
-    for g in buffers:
-        compute = torch.float64 if g.dtype == torch.float64 else torch.float32
-        r = ratio[offset : offset + g.shape[0]].to(compute).unsqueeze(-1)
-        out.append((g.to(compute) * r).to(g.dtype))
-        offset += g.shape[0]
-    return out
-
-
-def _fused_gradients(ctx, grad_nll, needs_mu, needs_target, needs_kappa):
-    """Gradients of the fused NLL from the buffers its forward wrote (both autograd wrappers).
-
-    In place (the minimum-traffic case) only when this is the last use of the node: eager
-    mode and a backward that frees the graph. Then rows whose upstream gradient equals the
-    predicted weight are not touched. Otherwise (retain_graph, torch.compile tracing) the
-    gradient is a rescaled copy and the buffers keep their state for the next call.
-    Returns (grad_mu, grad_target, grad_kappa) lists, one entry per view.
-    """
-    state, applied, *buffers = ctx.saved_tensors
-    views = len(ctx.rows)
-    n_mu = views if ctx.has_mu else 0
-    out_mu, out_target = list(buffers[:n_mu]), list(buffers[n_mu:])
-    if (any(needs_mu) and not ctx.has_mu) or (any(needs_target) and not ctx.has_target):
-        raise RuntimeError("spherical_nll_with_grad: a gradient was needed that the forward was not asked for")
-    if grad_nll is None:
-        grad_nll = torch.zeros(sum(ctx.rows), dtype=torch.float32, device=state.device)
-    if out_mu or out_target:
-        if torch.is_grad_enabled():
-            raise NotImplementedError(
-                "double backward (create_graph=True) through the fused Triton NLL is not supported; "
-                "use the op-schema path (vissiam_triton::spherical_nll) for it"
-            )
-        traced = torch.compiler.is_compiling() or any(_is_fake(t) for t in (grad_nll, applied))
-        if not traced and not _graph_kept():
-            rescale_rows_(out_mu, out_target, applied, grad_nll)
-        else:
-            out_mu = _rescaled_copy(out_mu, grad_nll, applied)
-            out_target = _rescaled_copy(out_target, grad_nll, applied)
-    grad_kappa = [None] * len(ctx.kappa_dtypes)
-    if ctx.kappa_dtypes and any(needs_kappa):
-        per_row = grad_nll.to(torch.float64) * state[:, 3]
-        grad_kappa = [g.to(dt) for g, dt in zip(per_row.split(ctx.rows), ctx.kappa_dtypes)]
-    return (out_mu if ctx.has_mu else [None] * views, out_target if ctx.has_target else [None] * views, grad_kappa)
-
-
-def _fused_backward(ctx, grad_nll, grad_state, grad_out_mu, grad_out_target, grad_applied):
-    needs_mu, needs_target, needs_kappa = (_flags(f) for f in ctx.needs_input_grad[:3])
-    grad_mu, grad_target, grad_kappa = _fused_gradients(ctx, grad_nll, needs_mu, needs_target, needs_kappa)
-    return grad_mu, grad_target, grad_kappa, None, None, None, None
-
-
-class _EagerFusedNLL(torch.autograd.Function):
-    """Eager twin of the op ``spherical_nll_with_grad`` with the same kernels and gradients.
-
-    Why a second wrapper: per call, the custom op's Python autograd layer (tensor-list
-    flattening, schema handling) costs ~70 us of host time in forward and as much in backward
-    (measured here on CPU tensors with the kernels stubbed out: 94 us vs 23 us for the launcher
-    alone), while ``autograd.Function.apply`` costs a few. At B = 512 that host time, not the
-    GPU, is the training step. Under torch.compile the op is used instead (an opaque Function
-    would be a graph break, and tracing into one is where silent compile bugs come from).
-    Inputs: (family, grad_weight, grad_mu, grad_target, views, *mu, *target, *kappa).
-    """
-
-    @staticmethod
-    def forward(ctx, family, grad_weight, grad_mu, grad_target, views, *tensors):
-        mu, target, kappa = list(tensors[:views]), list(tensors[views : 2 * views]), list(tensors[2 * views :])
-        nll, state, out_mu, out_target, applied = spherical_nll_forward(
-            mu, target, kappa, family, grad_weight, grad_mu, grad_target)
-        ctx.set_materialize_grads(False)
-        ctx.save_for_backward(state, applied, *out_mu, *out_target)
-        ctx.rows = [m.shape[0] for m in mu]
-        ctx.kappa_dtypes = [k.dtype for k in kappa]
-        ctx.has_mu, ctx.has_target = bool(grad_mu), bool(grad_target)
-        return nll
-
-    @staticmethod
-    def backward(ctx, grad_nll):
-        views = len(ctx.rows)
-        flags = ctx.needs_input_grad[5:]
-        grad_mu, grad_target, grad_kappa = _fused_gradients(
-            ctx, grad_nll, flags[:views], flags[views : 2 * views], flags[2 * views :])
-        return (None, None, None, None, None, *grad_mu, *grad_target, *grad_kappa)
+# ================================================================ training path
+# The autograd glue of the fused op is shared with the CPU C++ backend (_fused_training).
+# The launchers are looked up at call time (tests replace them to watch the buffers).
+KERNELS = _fused_training.FusedKernels(
+    NAMESPACE,
+    forward=lambda *args: spherical_nll_forward(*args),
+    rescale_=lambda *args: rescale_rows_(*args),
+)
 
 
 _registered = {"autograd": False}
@@ -686,38 +555,15 @@ def load() -> None:
         from . import _ops
 
         _ops.register_autograd(NAMESPACE)
-        torch.library.register_autograd(
-            f"{NAMESPACE}::spherical_nll_with_grad", _fused_backward, setup_context=_fused_setup_context
-        )
+        _fused_training.register("triton", KERNELS)
         _registered["autograd"] = True
 
 
 # ================================================================ training entry point
-def predicted_upstream_weight(reduction: str, rows: int, view_factor: float = 1.0,
-                              dtype: torch.dtype = torch.float32) -> float:
-    """dL/dnll[r] that ``loss.backward()`` will deliver for a per-row NLL reduced by ``reduction``
-    after multiplication by ``view_factor`` (0.5 in vi_simsiam_loss), computed the way autograd
-    computes it (mean: 1/rows rounded to the loss dtype), so that the prediction is exact."""
-    if reduction == "mean":
-        return float(torch.ones((), dtype=dtype).div(max(rows, 1))) * view_factor
-    return 1.0 * view_factor
+predicted_upstream_weight = _fused_training.predicted_upstream_weight
 
 
 def spherical_nll_training(mu, target, kappa, family: int, upstream_weight: float) -> torch.Tensor:
-    """Per-row NLL of all views (as ``spherical_nll(...)[0]``), through the minimum-traffic
-    fused op when mu or target needs a gradient (see the module docstring).
-
-    upstream_weight: the gradient the caller expects to reach each row of the result,
-    e.g. ``predicted_upstream_weight("mean", B, 0.5)`` for vi_simsiam_loss. A wrong guess
-    costs one extra pass over the gradient, never accuracy.
-    """
+    """Per-row NLL of all views through the minimum-traffic training path (see _fused_training)."""
     load()
-    grad_on = torch.is_grad_enabled()
-    want_mu = grad_on and any(m.requires_grad for m in mu)
-    want_target = grad_on and any(t.requires_grad for t in target)
-    ops = getattr(torch.ops, NAMESPACE)
-    if not (want_mu or want_target):
-        return ops.spherical_nll(mu, target, kappa, family)[0]
-    if EAGER_FUNCTION and not torch.compiler.is_compiling():
-        return _EagerFusedNLL.apply(family, float(upstream_weight), want_mu, want_target, len(mu), *mu, *target, *kappa)
-    return ops.spherical_nll_with_grad(mu, target, kappa, family, float(upstream_weight), want_mu, want_target)[0]
+    return _fused_training.spherical_nll_training(KERNELS, mu, target, kappa, family, upstream_weight, EAGER_FUNCTION)

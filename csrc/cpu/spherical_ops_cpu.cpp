@@ -133,8 +133,12 @@ at::Tensor unit_inner_stride(const at::Tensor& x) {
   return x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
 }
 
-std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::TensorList target,
-                                                     at::TensorList kappa, int64_t family) {
+// The fused forward over all views. With grad_mu / grad_target it also writes,
+// while the row is still in cache, the input gradients for upstream gradient
+// grad_weight (the training form: one pass over mu and target per step).
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>
+spherical_nll_forward_cpu(at::TensorList mu, at::TensorList target, at::TensorList kappa,
+                          int64_t family, double grad_weight, bool grad_mu, bool grad_target) {
   check_nll_views(mu, target, kappa, family, at::kCPU);
   const int64_t dim = mu[0].size(1);
   int64_t total_rows = 0;
@@ -147,8 +151,11 @@ std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::Tens
   auto double_options = mu[0].options().dtype(at::kDouble);
   at::Tensor nll = at::empty({total_rows}, double_options);
   at::Tensor row_state = at::empty({total_rows, 4}, double_options);
+  at::Tensor applied = at::empty({grad_mu || grad_target ? total_rows : 0}, double_options);
   double* nll_out = nll.data_ptr<double>();
   double* state_out = row_state.data_ptr<double>();
+  double* applied_out = applied.data_ptr<double>();
+  std::vector<at::Tensor> grads_mu, grads_target;
 
   int64_t row_offset = 0;
   for (size_t v = 0; v < mu.size(); ++v) {
@@ -158,15 +165,21 @@ std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::Tens
     const double* k_ptr = family == kCosine ? nullptr : k.data_ptr<double>();
     const int64_t rows = m.size(0);
     const int64_t m_stride = m.stride(0), t_stride = t.stride(0);
+    at::Tensor gm = grad_mu ? at::empty({rows, dim}, m.options()) : at::Tensor();
+    at::Tensor gt = grad_target ? at::empty({rows, dim}, t.options()) : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "spherical_nll_cpu", [&] {
       const scalar_t* m_ptr = m.data_ptr<scalar_t>();
       const scalar_t* t_ptr = t.data_ptr<scalar_t>();
+      scalar_t* gm_ptr = grad_mu ? gm.data_ptr<scalar_t>() : nullptr;
+      scalar_t* gt_ptr = grad_target ? gt.data_ptr<scalar_t>() : nullptr;
       at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const double kappa_i = k_ptr ? k_ptr[i] : 0.0;
           CHECK_ARG(valid_kappa(kappa_i), "kappa must be finite and >= 0; got ", kappa_i,
                     " in row ", i, " of view ", v);
-          const RowDots dots = row_dots(m_ptr + i * m_stride, t_ptr + i * t_stride, dim);
+          const scalar_t* m_row = m_ptr + i * m_stride;
+          const scalar_t* t_row = t_ptr + i * t_stride;
+          const RowDots dots = row_dots(m_row, t_row, dim);
           const RowLoss loss = row_loss(static_cast<int>(family), row_cosine(dots), kappa_i,
                                         static_cast<double>(dim));
           const RowGradientCoefficients g = row_gradient_coefficients(dots, loss.dnll_dcos);
@@ -176,12 +189,69 @@ std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::Tens
           state_out[4 * r + 1] = g.target_coef;
           state_out[4 * r + 2] = g.cross_coef;
           state_out[4 * r + 3] = loss.dnll_dkappa;
+          if (gm_ptr) {
+            row_combination(m_row, t_row, gm_ptr + i * dim, dim, grad_weight * g.mu_coef,
+                            grad_weight * g.cross_coef);
+          }
+          if (gt_ptr) {
+            row_combination(t_row, m_row, gt_ptr + i * dim, dim, grad_weight * g.target_coef,
+                            grad_weight * g.cross_coef);
+          }
+          if (gm_ptr || gt_ptr) applied_out[r] = grad_weight;
         }
       });
     });
+    if (grad_mu) grads_mu.push_back(gm);
+    if (grad_target) grads_target.push_back(gt);
     row_offset += rows;
   }
-  return {any_double ? nll : nll.to(at::kFloat), row_state};
+  return {any_double ? nll : nll.to(at::kFloat), row_state, grads_mu, grads_target, applied};
+}
+
+std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::TensorList target,
+                                                     at::TensorList kappa, int64_t family) {
+  auto out = spherical_nll_forward_cpu(mu, target, kappa, family, 0.0, false, false);
+  return {std::get<0>(out), std::get<1>(out)};
+}
+
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>
+spherical_nll_with_grad_cpu(at::TensorList mu, at::TensorList target, at::TensorList kappa,
+                            int64_t family, double grad_weight, bool grad_mu, bool grad_target) {
+  return spherical_nll_forward_cpu(mu, target, kappa, family, grad_weight, grad_mu, grad_target);
+}
+
+void rescale_rows_cpu(at::TensorList grad_mu, at::TensorList grad_target, const at::Tensor& applied,
+                      const at::Tensor& upstream) {
+  const int64_t total_rows = applied.numel();
+  CHECK_ARG(applied.scalar_type() == at::kDouble && applied.dim() == 1 && applied.is_contiguous(),
+            "applied must be a contiguous float64 vector");
+  CHECK_ARG(upstream.dim() == 1 && upstream.size(0) == total_rows, "upstream must have shape (",
+            total_rows, ",); got ", upstream.sizes());
+  const at::Tensor u = upstream.to(at::kDouble).contiguous();
+  const double* u_ptr = u.data_ptr<double>();
+  double* a_ptr = applied.data_ptr<double>();
+  for (at::TensorList buffers : {grad_mu, grad_target}) {
+    int64_t row_offset = 0;
+    for (const at::Tensor& g : buffers) {
+      CHECK_ARG(g.dim() == 2 && g.is_contiguous(), "gradient buffers must be contiguous (B, D) tensors");
+      const int64_t rows = g.size(0), dim = g.size(1);
+      CHECK_ARG(row_offset + rows <= total_rows, "gradient buffers hold more rows than applied");
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "rescale_rows_cpu", [&] {
+        scalar_t* g_ptr = g.data_ptr<scalar_t>();
+        at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
+          for (int64_t i = begin; i < end; ++i) {
+            const int64_t r = row_offset + i;
+            if (u_ptr[r] == a_ptr[r]) continue;
+            const double factor = u_ptr[r] / a_ptr[r];
+            scalar_t* row = g_ptr + i * dim;
+            row_combination(row, row, row, dim, factor, 0.0);
+          }
+        });
+      });
+      row_offset += rows;
+    }
+  }
+  for (int64_t r = 0; r < total_rows; ++r) a_ptr[r] = u_ptr[r];
 }
 
 std::vector<at::Tensor> scaled_row_combination_cpu(const at::Tensor& scale, const at::Tensor& coef_x,
@@ -282,6 +352,8 @@ at::Tensor special_function_cpu(c10::string_view name, const at::Tensor& a, cons
 
 TORCH_LIBRARY_IMPL(vissiam_kernels, CPU, m) {
   m.impl("spherical_nll", &vissiam::spherical_nll_cpu);
+  m.impl("spherical_nll_with_grad", &vissiam::spherical_nll_with_grad_cpu);
+  m.impl("rescale_rows_", &vissiam::rescale_rows_cpu);
   m.impl("scaled_row_combination", &vissiam::scaled_row_combination_cpu);
   m.impl("normalizer_quantity", &vissiam::normalizer_quantity_cpu);
   m.impl("special_function", &vissiam::special_function_cpu);
