@@ -48,6 +48,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "mpmath"],
+        "bench": ["pytest", "pytest-benchmark", "power-spherical"],
     },
     entry_points={"console_scripts": ["vi-simsiam=vi_simsiam.cli:main"]},
     cmdclass={"build_py": BuildPyWithSources},

@@ -65,6 +65,11 @@ TARGETS = [
            cpu_threads=2),
     Target("power_spherical_loss fwd+bwd B=512 D=2048 float32 cpu", "fused-cpu", "eager", min_speedup=10.0,
            cpu_threads=2),
+    # Issues 3 and 4 (GPU): the two-view loss, forward+backward, against plain PyTorch ...
+    Target("vi_simsiam_loss fwd+bwd B=512 D=2048 float32 cuda", "fused-triton", "compiled", min_speedup=1.5),
+    Target("vi_simsiam_loss fwd+bwd B=512 D=2048 float32 cuda", "fused-triton", "eager", min_speedup=5.0),
+    # ... and at B = 65536 at least 80% of the copy bandwidth for the minimum traffic
+    Target("vi_simsiam_loss fwd+bwd B=65536 D=2048 float32 cuda", "fused-triton", "copy", max_ratio=1.25),
     # Issue 7: the cost of uncertainty in a whole training step: under 2% with the fused loss.
     Target("train_step *", "vi_simsiam", "simsiam", max_ratio=1.02),
 ]

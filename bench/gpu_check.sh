@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU check, in one command, for a lent GPU machine (run from the repository root):
+#   bash bench/gpu_check.sh            # results under $OUT (the device tool's folder) or bench/results/gpu-<card>/
+# Builds the CUDA C++ kernels (sm_90), runs the GPU tests of the CUDA and Triton backends, then the
+# GPU benchmarks (CUDA C++ vs Triton vs torch.compile / eager, and the B=65536 bandwidth check against
+# a copy measured in the same run). Budget: under 8 minutes on an H100/H200; each stage has its own
+# timeout so a hang in one still leaves the others' results. Exit status: 0 when every stage passed.
+set -u
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-16}"
+export VISSIAM_BUILD_DIR="${VISSIAM_BUILD_DIR:-/tmp/vissiam_build}"
+python=${PYTHON:-python3}
+
+card=$($python -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '-'))" 2>/dev/null || echo no-gpu)
+out="${OUT:-$root/bench/results/gpu-$card}"
+mkdir -p "$out"
+status=0
+stage() {  # stage NAME TIMEOUT_S COMMAND...
+  local name=$1 limit=$2; shift 2
+  local start; start=$(date +%s)
+  echo "== $name (limit ${limit}s)"
+  timeout "$limit" "$@" > "$out/$name.log" 2>&1
+  local rc=$?
+  echo "$name: exit $rc in $(( $(date +%s) - start )) s" | tee -a "$out/summary.txt"
+  tail -n 15 "$out/$name.log"
+  [ $rc -eq 0 ] || status=1
+}
+
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  $python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)"
+} > "$out/device.txt" 2>&1
+cat "$out/device.txt"
+
+stage build 200 $python -c "from vissiam_kernels import _cuda_extension as c; c.load(); print('CUDA kernels loaded from', c.build())"
+stage tests 200 $python -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_gpu.py \
+  --junitxml="$out/gpu-tests.xml"
+stage bench 240 $python -m pytest -q -p no:cacheprovider bench/bench_losses.py bench/bench_triton_gpu.py --benchmark-only \
+  --bench-devices=cuda -k "((B512-D2048 or B65536-D2048) and bwd and float32) or 512-2048-float32 or 65536-2048-float32" \
+  --benchmark-json="$out/bench.json"
+if [ -f "$out/bench.json" ]; then
+  stage report 60 $python bench/report.py "$out/bench.json"
+fi
+cp bench/results/latest-ratios.json "$out/" 2>/dev/null
+echo "results in $out"
+exit $status
