@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "vissiam/op_checks.h"
+#include "vissiam/special_function_table.h"
 #include "vissiam/spherical_math.h"
 
 // Runtime ISA dispatch for the row loops (AVX-512 / AVX2 / baseline), so the
@@ -329,21 +330,13 @@ at::Tensor special_function_cpu(c10::string_view name, const at::Tensor& a, cons
   CHECK_ARG(a.sizes() == b.sizes(), "a and b must have the same shape; got ", a.sizes(), " and ", b.sizes());
   TORCH_CHECK_TYPE(a.scalar_type() == at::kDouble && b.scalar_type() == at::kDouble,
                    "a and b must be float64 tensors");
-  double (*fn)(double, double) = nullptr;
-  if (name == "lgamma_difference") fn = lgamma_difference;
-  else if (name == "digamma_difference") fn = digamma_difference;
-  else if (name == "trigamma_difference") fn = trigamma_difference;
-  else if (name == "log2_plus_digamma_difference") fn = log2_plus_digamma_difference;
-  else if (name == "log_bessel_i") fn = log_bessel_i;
-  else if (name == "log_bessel_i_scaled") fn = log_bessel_i_scaled;
-  else if (name == "bessel_ratio") fn = bessel_ratio;
-  else if (name == "bessel_ratio_complement") fn = bessel_ratio_complement;
-  CHECK_ARG(fn != nullptr, "unknown special function name: ", name);
+  const SpecialFunction code = special_function_code(name);
+  CHECK_ARG(code != kUnknownSpecialFunction, "unknown special function name: ", name);
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   at::Tensor out = at::empty(ac.sizes(), ac.options());
   const double *a_ptr = ac.data_ptr<double>(), *b_ptr = bc.data_ptr<double>();
   double* o_ptr = out.data_ptr<double>();
-  for (int64_t i = 0; i < ac.numel(); ++i) o_ptr[i] = fn(a_ptr[i], b_ptr[i]);
+  for (int64_t i = 0; i < ac.numel(); ++i) o_ptr[i] = evaluate_special_function(code, a_ptr[i], b_ptr[i]);
   return out;
 }
 

@@ -50,6 +50,7 @@
 #include <vector>
 
 #include "vissiam/op_checks.h"
+#include "vissiam/special_function_table.h"
 #include "vissiam/spherical_math.h"
 
 namespace vissiam {
@@ -620,33 +621,11 @@ at::Tensor normalizer_quantity_cuda(const at::Tensor& kappa, int64_t dim, int64_
 
 // The header's special functions on the device, so tests can compare the GPU
 // build of the shared math with the CPU build value by value.
-enum SpecialFunction : int {
-  kLgammaDifference,
-  kDigammaDifference,
-  kTrigammaDifference,
-  kLog2PlusDigammaDifference,
-  kLogBesselI,
-  kLogBesselIScaled,
-  kBesselRatio,
-  kBesselRatioComplement,
-};
-
 __global__ void special_function_kernel(int fn, const double* a, const double* b, double* out,
                                         int64_t n) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    double r;
-    switch (fn) {
-      case kLgammaDifference: r = lgamma_difference(a[i], b[i]); break;
-      case kDigammaDifference: r = digamma_difference(a[i], b[i]); break;
-      case kTrigammaDifference: r = trigamma_difference(a[i], b[i]); break;
-      case kLog2PlusDigammaDifference: r = log2_plus_digamma_difference(a[i], b[i]); break;
-      case kLogBesselI: r = log_bessel_i(a[i], b[i]); break;
-      case kLogBesselIScaled: r = log_bessel_i_scaled(a[i], b[i]); break;
-      case kBesselRatio: r = bessel_ratio(a[i], b[i]); break;
-      default: r = bessel_ratio_complement(a[i], b[i]); break;
-    }
-    out[i] = r;
+    out[i] = evaluate_special_function(fn, a[i], b[i]);
   }
 }
 
@@ -657,16 +636,8 @@ at::Tensor special_function_cuda(c10::string_view name, const at::Tensor& a, con
                    "a and b must be float64 tensors; got ", a.scalar_type(), " and ", b.scalar_type());
   CHECK_ARG(a.is_cuda(), "a must be a CUDA tensor; got ", a.device());
   CHECK_ON_DEVICE(b, a.device(), "b");
-  int fn = -1;
-  if (name == "lgamma_difference") fn = kLgammaDifference;
-  else if (name == "digamma_difference") fn = kDigammaDifference;
-  else if (name == "trigamma_difference") fn = kTrigammaDifference;
-  else if (name == "log2_plus_digamma_difference") fn = kLog2PlusDigammaDifference;
-  else if (name == "log_bessel_i") fn = kLogBesselI;
-  else if (name == "log_bessel_i_scaled") fn = kLogBesselIScaled;
-  else if (name == "bessel_ratio") fn = kBesselRatio;
-  else if (name == "bessel_ratio_complement") fn = kBesselRatioComplement;
-  CHECK_ARG(fn >= 0, "unknown special function name: ", name);
+  const SpecialFunction fn = special_function_code(name);
+  CHECK_ARG(fn != kUnknownSpecialFunction, "unknown special function name: ", name);
   const c10::cuda::CUDAGuard device_guard(a.device());
   const at::Tensor ac = a.contiguous(), bc = b.contiguous();
   at::Tensor out = at::empty(ac.sizes(), ac.options());
