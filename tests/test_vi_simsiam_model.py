@@ -26,7 +26,7 @@ def _seed():
 # ---------------------------------------------------------------------------- model
 @pytest.mark.parametrize(
     "backbone, image, feature_dim, proj_layers",
-    [("digits_cnn", (1, 8, 8), 128, 2), ("resnet18_cifar", (3, 32, 32), 512, 2), ("resnet50", (3, 64, 64), 2048, 3)],
+    [("digits_cnn", (1, 8, 8), 128, 2), ("resnet18_cifar", (3, 32, 32), 512, 2), ("resnet50", (3, 32, 32), 2048, 3)],
 )
 def test_model_shapes(backbone, image, feature_dim, proj_layers):
     dim, pred_dim = 64, 16

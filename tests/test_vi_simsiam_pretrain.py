@@ -80,10 +80,12 @@ def test_loss_decreases_and_main_job_summary(tmp_path, capsys, restore_torch_glo
     assert len(losses) == 4 and losses[-1] < losses[0], losses
     assert all(r["z_std"] > 0.5 for r in rows if r["kind"] == "epoch"), "collapse monitor: outputs collapsed"
     result = json.loads((run_dir / "eval.json").read_text())
-    assert result["num_test"] == 450 and result["knn_top1"] > 0.8
+    assert result["num_test"] == 450 and result["knn_top1"] > 0.8 and result["linear_top1"] > 0.8
     assert 0 < result["kappa"]["min"] <= result["kappa"]["median"] <= result["kappa"]["max"]
-    lines = (run_dir / "test_kappa.csv").read_text().splitlines()
-    assert len(lines) == 451 and lines[0] == "index,label,knn_prediction,correct,kappa"
+    assert 0 <= result["auroc_knn"] <= 1 and set(result["corruption_ratio"]) == {"crop", "blur", "noise", "occlusion"}
+    lines = (run_dir / "test_predictions.csv").read_text().splitlines()
+    assert len(lines) == 451 and lines[0] == "index,label,kappa,knn_prediction,linear_prediction"
+    assert (run_dir / "report.md").is_file() and "AUROC" in printed
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 4 and config["distribution"] == "power_spherical" and config["dim"] == 32
     assert (run_dir / "metrics.csv").read_text().count("\n") == 5

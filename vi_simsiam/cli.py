@@ -90,11 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
             overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(Config) if f.name != "preset"}
             if args.resume:
-                # The resumed run's own config wins; only the preset must be known.
+                # The run's saved config wins (``config.merge_for_resume`` checks the overrides against it);
+                # this one only says where to look: --output-dir, or the newest run of preset + distribution.
                 if args.preset not in PRESETS:
                     raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-                cfg = config_lib.Config(**dict(PRESETS[args.preset], preset=args.preset,
-                                               **{k: v for k, v in overrides.items() if k in ("output_dir", "distribution") and v}))
+                cfg = config_lib.Config(preset=args.preset, output_dir=args.output_dir,
+                                        distribution=args.distribution or "power_spherical", device=args.device or "auto")
             else:
                 cfg = config_lib.resolve(args.preset, **overrides)
             run(cfg, resume=args.resume, overrides=overrides)

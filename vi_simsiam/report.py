@@ -29,7 +29,7 @@ def _image_grid(plt, images: torch.Tensor, kappas: list[float], title: str, path
     images = resize_for_grid(images)
     cols = 8
     rows = (len(images) + cols - 1) // cols
-    figure, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.5), squeeze=False)
+    figure, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.7), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, image, kappa in zip(axes.flat, images, kappas):
@@ -80,6 +80,7 @@ def write_report(run, features: dict, analysis: dict) -> Path:
     for name, entry in analysis["corruption"].items():
         clean = entry["levels"][0]["kappa_mean"]
         ax.plot(range(len(entry["levels"])), [lv["kappa_mean"] / clean for lv in entry["levels"]], marker="o", label=name)
+    ax.set_xticks(range(max(len(e["levels"]) for e in analysis["corruption"].values())))
     ax.set_xlabel("corruption level (0 = clean)")
     ax.set_ylabel("mean kappa / clean mean kappa")
     ax.legend()
