@@ -76,6 +76,15 @@ def test_distribution_none_is_simsiam_without_kappa_head():
     assert model.embed(torch.rand(3, 1, 8, 8))[1] is None
 
 
+def test_kappa_head_can_read_the_backbone_feature():
+    model = VISimSiam(DigitsCNN(), dim=32, pred_dim=8, proj_hidden_dim=32, proj_layers=2, kappa_hidden_dim=8,
+                      kappa_input="backbone")
+    assert model.kappa_head.mlp[0].in_features == model.encoder.feature_dim == 128
+    out = model(torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8))
+    model.loss(out).backward()
+    assert out.kappa1.shape == (6,) and model.kappa_head.mlp[0].weight.grad is not None
+
+
 def test_bad_model_arguments():
     with pytest.raises(ValueError, match="distribution"):
         VISimSiam(DigitsCNN(), distribution="gaussian")

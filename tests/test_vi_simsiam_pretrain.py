@@ -194,7 +194,7 @@ def test_sigkill_then_resume_is_bitwise_equal(uninterrupted, tmp_path):
 
 def test_sigterm_checkpoints_mid_epoch_and_resume_is_bitwise_equal(uninterrupted, tmp_path):
     run_dir = tmp_path / "run"
-    returncode = _start_and_interrupt(run_dir, signal.SIGTERM, after_epochs=1, extra_wait=0.15)
+    returncode = _start_and_interrupt(run_dir, signal.SIGTERM, after_epochs=1, extra_wait=0.05)
     assert returncode == 128 + signal.SIGTERM
     stopped = final_state(run_dir)
     assert stopped["epoch"] < 4 and stopped["step"] == stopped["epoch"] * STEPS_PER_EPOCH + stopped["batch_in_epoch"]
