@@ -12,8 +12,25 @@ from vi_simsiam import cli
 from vi_simsiam import uncertainty as U
 from vi_simsiam.linear import linear_probe
 
-TINY = ["--dim", "32", "--pred-dim", "16", "--proj-hidden-dim", "32", "--kappa-hidden-dim", "16", "--threads", "1",
-        "--epochs", "2", "--warmup-epochs", "1", "--batch-size", "128", "--no-evaluate"]
+TINY = [
+    "--dim",
+    "32",
+    "--pred-dim",
+    "16",
+    "--proj-hidden-dim",
+    "32",
+    "--kappa-hidden-dim",
+    "16",
+    "--threads",
+    "1",
+    "--epochs",
+    "2",
+    "--warmup-epochs",
+    "1",
+    "--batch-size",
+    "128",
+    "--no-evaluate",
+]
 
 
 # ---------------------------------------------------------------------------- binning and statistics
@@ -39,7 +56,9 @@ def test_quantile_bins_equal_counts_with_ties_and_uneven_sizes():
 def test_kappa_predicts_correctness_uses_sklearn_and_scipy():
     kappa = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
     perfect = U.kappa_predicts_correctness(kappa, torch.tensor([0, 0, 0, 1, 1, 1]).bool())
-    assert perfect["auroc"] == 1.0 and perfect["spearman"] == pytest.approx(math.sqrt(27 / 35))  # ranks 1..6 against tied ranks 2,2,2,5,5,5
+    assert perfect["auroc"] == 1.0 and perfect["spearman"] == pytest.approx(
+        math.sqrt(27 / 35)
+    )  # ranks 1..6 against tied ranks 2,2,2,5,5,5
     assert perfect["accuracy"] == 0.5 and perfect["num_wrong"] == 3
     reversed_ = U.kappa_predicts_correctness(kappa, torch.tensor([1, 1, 1, 0, 0, 0]).bool())
     assert reversed_["auroc"] == 0.0 and reversed_["spearman"] < 0
@@ -77,7 +96,8 @@ def test_kappa_falls_under_a_controlled_corruption():
 
     def edges(batch):
         return (batch[..., 1:, :] - batch[..., :-1, :]).abs().sum(dim=(1, 2, 3)) + (
-            batch[..., 1:] - batch[..., :-1]).abs().sum(dim=(1, 2, 3))
+            batch[..., 1:] - batch[..., :-1]
+        ).abs().sum(dim=(1, 2, 3))
 
     result = U.kappa_under_corruption(ink, images, {"occlusion": U.CORRUPTIONS["occlusion"]}, batch_size=16)
     means = [lv["kappa_mean"] for lv in result["occlusion"]["levels"]]
@@ -116,8 +136,10 @@ def tiny_runs(tmp_path_factory):
     threads = torch.get_num_threads()
     try:
         for distribution in ("power_spherical", "none"):
-            assert cli.main(["pretrain", *TINY, "--distribution", distribution,
-                             "--output-dir", str(root / distribution)]) == 0
+            assert (
+                cli.main(["pretrain", *TINY, "--distribution", distribution, "--output-dir", str(root / distribution)])
+                == 0
+            )
     finally:
         torch.set_num_threads(threads)
     return root

@@ -30,8 +30,14 @@ def _seed():
 )
 def test_model_shapes(backbone, image, feature_dim, proj_layers):
     dim, pred_dim = 64, 16
-    model = VISimSiam(build_backbone(backbone, image[0]), dim=dim, pred_dim=pred_dim, proj_hidden_dim=32,
-                      proj_layers=proj_layers, kappa_hidden_dim=8)
+    model = VISimSiam(
+        build_backbone(backbone, image[0]),
+        dim=dim,
+        pred_dim=pred_dim,
+        proj_hidden_dim=32,
+        proj_layers=proj_layers,
+        kappa_hidden_dim=8,
+    )
     x1, x2 = torch.randn(4, *image), torch.randn(4, *image)
     out = model(x1, x2)
     assert model.encoder.feature_dim == feature_dim and out.f1.shape == (4, feature_dim)
@@ -71,14 +77,17 @@ def test_distribution_none_is_simsiam_without_kappa_head():
     assert model.kappa_head is None
     out = model(torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8))
     assert out.kappa1 is None
-    simsiam = -0.5 * (F.cosine_similarity(out.p1, out.z2.detach()).mean() + F.cosine_similarity(out.p2, out.z1.detach()).mean())
+    simsiam = -0.5 * (
+        F.cosine_similarity(out.p1, out.z2.detach()).mean() + F.cosine_similarity(out.p2, out.z1.detach()).mean()
+    )
     torch.testing.assert_close(model.loss(out), simsiam, rtol=1e-5, atol=1e-6)
     assert model.embed(torch.rand(3, 1, 8, 8))[1] is None
 
 
 def test_kappa_head_can_read_the_backbone_feature():
-    model = VISimSiam(DigitsCNN(), dim=32, pred_dim=8, proj_hidden_dim=32, proj_layers=2, kappa_hidden_dim=8,
-                      kappa_input="backbone")
+    model = VISimSiam(
+        DigitsCNN(), dim=32, pred_dim=8, proj_hidden_dim=32, proj_layers=2, kappa_hidden_dim=8, kappa_input="backbone"
+    )
     assert model.kappa_head.mlp[0].in_features == model.encoder.feature_dim == 128
     out = model(torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8))
     model.loss(out).backward()
@@ -201,8 +210,13 @@ def test_knn_toy_case():
 
 
 def test_cpu_sync_batchnorm_is_batchnorm_in_one_process():
-    model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.BatchNorm1d(6), torch.nn.ReLU(),
-                                torch.nn.Linear(6, 6), torch.nn.BatchNorm1d(6, affine=False))
+    model = torch.nn.Sequential(
+        torch.nn.Linear(4, 6),
+        torch.nn.BatchNorm1d(6),
+        torch.nn.ReLU(),
+        torch.nn.Linear(6, 6),
+        torch.nn.BatchNorm1d(6, affine=False),
+    )
     parameters = [id(p) for p in model.parameters()]
     x = torch.randn(8, 4)
     expected = copy.deepcopy(model)(x)

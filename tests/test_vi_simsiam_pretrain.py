@@ -18,15 +18,26 @@ import pytest
 import torch
 
 from vi_simsiam import build_model, cli
-from vi_simsiam.config import Config
 from vi_simsiam.checkpoint import CHECKPOINT_NAME
+from vi_simsiam.config import Config
 
 REPO = Path(__file__).resolve().parents[1]
 
 # A model small enough that a digits epoch takes a fraction of a second on one thread.
 TINY = ["--dim", "32", "--pred-dim", "16", "--proj-hidden-dim", "32", "--kappa-hidden-dim", "16", "--threads", "1"]
-EXACT = [*TINY, "--deterministic", "--no-evaluate", "--batch-size", "64", "--epochs", "4", "--warmup-epochs", "1",
-         "--log-every", "5"]
+EXACT = [
+    *TINY,
+    "--deterministic",
+    "--no-evaluate",
+    "--batch-size",
+    "64",
+    "--epochs",
+    "4",
+    "--warmup-epochs",
+    "1",
+    "--log-every",
+    "5",
+]
 STEPS_PER_EPOCH = 1347 // 64
 
 
@@ -38,8 +49,15 @@ def cli_env() -> dict:
 
 
 def run_cli(args, cwd, timeout=300, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "vi_simsiam", *args], cwd=cwd, env=cli_env(), capture_output=True,
-                          text=True, timeout=timeout, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "vi_simsiam", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
 
 
 def final_state(run_dir: Path) -> dict:
@@ -49,7 +67,9 @@ def final_state(run_dir: Path) -> dict:
 def assert_bitwise_equal(a: dict, b: dict, what: str) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), f"{what}: {key} differs (max |diff| {(a[key].double() - b[key].double()).abs().max()})"
+        assert torch.equal(a[key], b[key]), (
+            f"{what}: {key} differs (max |diff| {(a[key].double() - b[key].double()).abs().max()})"
+        )
 
 
 def epochs_logged(run_dir: Path) -> int:
@@ -70,8 +90,20 @@ def restore_torch_globals():
 # ---------------------------------------------------------------------------- learning
 def test_loss_decreases_and_main_job_summary(tmp_path, capsys, restore_torch_globals):
     run_dir = tmp_path / "run"
-    code = cli.main(["pretrain", *TINY, "--epochs", "4", "--warmup-epochs", "1", "--batch-size", "128",
-                     "--output-dir", str(run_dir)])
+    code = cli.main(
+        [
+            "pretrain",
+            *TINY,
+            "--epochs",
+            "4",
+            "--warmup-epochs",
+            "1",
+            "--batch-size",
+            "128",
+            "--output-dir",
+            str(run_dir),
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "kNN top-1" in printed and "kappa on held-out images" in printed
@@ -156,9 +188,14 @@ def uninterrupted(tmp_path_factory):
 
 
 def _start_and_interrupt(run_dir: Path, sig: int, after_epochs: int, extra_wait: float = 0.0) -> int:
-    process = subprocess.Popen([sys.executable, "-m", "vi_simsiam", "pretrain", *EXACT, "--output-dir", str(run_dir)],
-                               cwd=run_dir.parent, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "vi_simsiam", "pretrain", *EXACT, "--output-dir", str(run_dir)],
+        cwd=run_dir.parent,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.time() + 240
         while epochs_logged(run_dir) < after_epochs:
@@ -223,13 +260,36 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     In float32 the runs differ by ~0.4% of one step's update even after a single step — the
     backbone gradients are sums of nearly cancelling per-image terms — hence float64 here.
     """
-    common = [*TINY, "--deterministic", "--no-evaluate", "--dtype", "float64", "--batch-size", "448", "--epochs", "3",
-              "--warmup-epochs", "1"]
+    common = [
+        *TINY,
+        "--deterministic",
+        "--no-evaluate",
+        "--dtype",
+        "float64",
+        "--batch-size",
+        "448",
+        "--epochs",
+        "3",
+        "--warmup-epochs",
+        "1",
+    ]
     one, two = tmp_path / "one", tmp_path / "two"
     done = run_cli(["pretrain", *common, "--output-dir", str(one)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                "-m", "vi_simsiam", "pretrain", *common, "--output-dir", str(two)]
+    torchrun = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "vi_simsiam",
+        "pretrain",
+        *common,
+        "--output-dir",
+        str(two),
+    ]
     done = subprocess.run(torchrun, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "2 process(es)" in done.stdout

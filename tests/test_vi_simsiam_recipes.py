@@ -35,8 +35,12 @@ def write_fake_cifar10(root: Path, train: int = 32, test: int = 16) -> None:
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
     for name, count in (("data_batch_1", train), ("test_batch", test)):
-        batch = {b"batch_label": name.encode(), b"labels": rng.integers(0, 10, count).tolist(),
-                 b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), b"filenames": [b"x.png"] * count}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": rng.integers(0, 10, count).tolist(),
+            b"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            b"filenames": [b"x.png"] * count,
+        }
         with open(folder / name, "wb") as handle:
             pickle.dump(batch, handle, protocol=2)
 
@@ -52,19 +56,33 @@ def write_fake_imagefolder(root: Path, per_class: dict, size: int = 80) -> None:
 
 
 def run_script(name: str, args: list[str], cwd: Path, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(["bash", str(REPO / "scripts" / name), *args], cwd=cwd, env=script_env(**env),
-                          capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", str(REPO / "scripts" / name), *args],
+        cwd=cwd,
+        env=script_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
 
 
 def test_cifar10_resnet18_recipe_two_steps(tmp_path):
     write_fake_cifar10(tmp_path / "data")
     run_dir = tmp_path / "run"
-    done = run_script("cifar10_resnet18_800ep.sh",
-                      ["--epochs", "1", "--batch-size", "16", "--workers", "2", "--output-dir", str(run_dir)],
-                      cwd=tmp_path, DATA_DIR=str(tmp_path / "data"))
+    done = run_script(
+        "cifar10_resnet18_800ep.sh",
+        ["--epochs", "1", "--batch-size", "16", "--workers", "2", "--output-dir", str(run_dir)],
+        cwd=tmp_path,
+        DATA_DIR=str(tmp_path / "data"),
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["backbone"], config["dim"], config["pred_dim"], config["proj_layers"]) == ("resnet18_cifar", 2048, 512, 2)
+    assert (config["backbone"], config["dim"], config["pred_dim"], config["proj_layers"]) == (
+        "resnet18_cifar",
+        2048,
+        512,
+        2,
+    )
     assert (config["lr"], config["weight_decay"]) == (0.03, 5e-4)
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 2 and state["epoch"] == 1
@@ -77,13 +95,20 @@ def test_cifar10_resnet18_recipe_two_steps(tmp_path):
 def test_imagenet_resnet50_recipe_one_step(tmp_path):
     write_fake_imagefolder(tmp_path / "imagenet", {"train": 4, "val": 2})
     run_dir = tmp_path / "run"
-    done = run_script("imagenet_resnet50_100ep.sh",
-                      ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--image-size", "64",
-                       "--output-dir", str(run_dir)],
-                      cwd=tmp_path, DATA_DIR=str(tmp_path / "imagenet"))
+    done = run_script(
+        "imagenet_resnet50_100ep.sh",
+        ["--epochs", "1", "--batch-size", "8", "--workers", "0", "--image-size", "64", "--output-dir", str(run_dir)],
+        cwd=tmp_path,
+        DATA_DIR=str(tmp_path / "imagenet"),
+    )
     assert done.returncode == 0, done.stderr[-4000:]
     config = json.loads((run_dir / "config.json").read_text())
-    assert (config["backbone"], config["proj_layers"], config["lr"], config["weight_decay"]) == ("resnet50", 3, 0.05, 1e-4)
+    assert (config["backbone"], config["proj_layers"], config["lr"], config["weight_decay"]) == (
+        "resnet50",
+        3,
+        0.05,
+        1e-4,
+    )
     state = torch.load(run_dir / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert state["step"] == 1
     assert state["model"]["encoder.conv1.weight"].shape == (64, 3, 7, 7)  # the ImageNet stem

@@ -150,7 +150,14 @@ class VISimSiam(nn.Module):
     def loss(self, out: Output) -> torch.Tensor:
         """Scalar float32 loss; z is detached inside the kernel call (the stop-gradient)."""
         return vk.vi_simsiam_loss(
-            out.p1, out.p2, out.z1, out.z2, out.kappa1, out.kappa2, distribution=self.distribution, kl_weight=self.kl_weight
+            out.p1,
+            out.p2,
+            out.z1,
+            out.z2,
+            out.kappa1,
+            out.kappa2,
+            distribution=self.distribution,
+            kl_weight=self.kl_weight,
         )
 
     @torch.no_grad()

@@ -59,9 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     pretrain = commands.add_parser("pretrain", help="self-supervised pretraining (then kNN and kappa evaluation)")
     _add_config_options(pretrain)
-    pretrain.add_argument("--resume", default=None, metavar="auto|PATH",
-                          help="continue a run: auto (the run in --output-dir, else the newest of this preset) "
-                               "or a checkpoint / run directory")
+    pretrain.add_argument(
+        "--resume",
+        default=None,
+        metavar="auto|PATH",
+        help="continue a run: auto (the run in --output-dir, else the newest of this preset) "
+        "or a checkpoint / run directory",
+    )
 
     for name, helptext in (
         ("knn", "weighted cosine kNN on frozen backbone features of a run"),
@@ -94,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
                 # this one only says where to look: --output-dir, or the newest run of preset + distribution.
                 if args.preset not in PRESETS:
                     raise ConfigError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-                cfg = config_lib.Config(preset=args.preset, output_dir=args.output_dir,
-                                        distribution=args.distribution or "power_spherical", device=args.device or "auto")
+                cfg = config_lib.Config(
+                    preset=args.preset,
+                    output_dir=args.output_dir,
+                    distribution=args.distribution or "power_spherical",
+                    device=args.device or "auto",
+                )
             else:
                 cfg = config_lib.resolve(args.preset, **overrides)
             run(cfg, resume=args.resume, overrides=overrides)

@@ -77,22 +77,60 @@ class Config:
 PRESETS: dict[str, dict] = {
     "digits": {},
     "cifar10": dict(
-        dataset="cifar10", augmentation="cifar", image_size=32, in_channels=3, backbone="resnet18_cifar",
-        dim=2048, pred_dim=512, proj_hidden_dim=2048, proj_layers=2, kappa_hidden_dim=512,
-        epochs=800, batch_size=512, lr=0.03, weight_decay=5e-4, warmup_epochs=10, workers=8, knn_k=200,
+        dataset="cifar10",
+        augmentation="cifar",
+        image_size=32,
+        in_channels=3,
+        backbone="resnet18_cifar",
+        dim=2048,
+        pred_dim=512,
+        proj_hidden_dim=2048,
+        proj_layers=2,
+        kappa_hidden_dim=512,
+        epochs=800,
+        batch_size=512,
+        lr=0.03,
+        weight_decay=5e-4,
+        warmup_epochs=10,
+        workers=8,
+        knn_k=200,
         log_every=50,
     ),
     "imagefolder": dict(
-        dataset="imagefolder", augmentation="imagenet", image_size=224, in_channels=3, backbone="resnet50",
-        dim=2048, pred_dim=512, proj_hidden_dim=2048, proj_layers=3, kappa_hidden_dim=512,
-        epochs=100, batch_size=512, lr=0.05, weight_decay=1e-4, warmup_epochs=5, workers=10, knn_k=200,
-        log_every=50, eval_batch_size=256,
+        dataset="imagefolder",
+        augmentation="imagenet",
+        image_size=224,
+        in_channels=3,
+        backbone="resnet50",
+        dim=2048,
+        pred_dim=512,
+        proj_hidden_dim=2048,
+        proj_layers=3,
+        kappa_hidden_dim=512,
+        epochs=100,
+        batch_size=512,
+        lr=0.05,
+        weight_decay=1e-4,
+        warmup_epochs=5,
+        workers=10,
+        knn_k=200,
+        log_every=50,
+        eval_batch_size=256,
     ),
 }
 PRESETS["cifar100"] = dict(PRESETS["cifar10"], dataset="cifar100")
 
 # Settings a resumed run may change: they do not alter what is computed.
-RESUMABLE_OVERRIDES = {"workers", "threads", "log_every", "evaluate", "eval_batch_size", "data_dir", "download", "device"}
+RESUMABLE_OVERRIDES = {
+    "workers",
+    "threads",
+    "log_every",
+    "evaluate",
+    "eval_batch_size",
+    "data_dir",
+    "download",
+    "device",
+}
 
 
 def resolve(preset: str = "digits", **overrides) -> Config:
@@ -157,4 +195,3 @@ def merge_for_resume(saved: Config, overrides: dict) -> Config:
             )
         values[key] = value
     return Config(**values)
-

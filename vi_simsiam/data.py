@@ -136,18 +136,32 @@ def build_datasets(cfg):
     eval_t = build_transforms(cfg.augmentation, train=False, image_size=cfg.image_size)
     if cfg.dataset == "digits":
         (xtr, ytr), (xte, yte) = load_digits_split()
-        return ArrayImageDataset(xtr, ytr, train_t), ArrayImageDataset(xtr, ytr, eval_t), ArrayImageDataset(xte, yte, eval_t)
+        return (
+            ArrayImageDataset(xtr, ytr, train_t),
+            ArrayImageDataset(xtr, ytr, eval_t),
+            ArrayImageDataset(xte, yte, eval_t),
+        )
     data_dir = _require_data_dir(cfg)
     if cfg.dataset in CIFAR_LAYOUT:
         (xtr, ytr), (xte, yte) = load_cifar(cfg.dataset, data_dir, cfg.download)
-        return ArrayImageDataset(xtr, ytr, train_t), ArrayImageDataset(xtr, ytr, eval_t), ArrayImageDataset(xte, yte, eval_t)
+        return (
+            ArrayImageDataset(xtr, ytr, train_t),
+            ArrayImageDataset(xtr, ytr, eval_t),
+            ArrayImageDataset(xte, yte, eval_t),
+        )
     if cfg.dataset == "imagefolder":
         for split in ("train", "val"):
             if not (data_dir / split).is_dir():
-                raise ConfigError(f"imagefolder: {data_dir / split} is not a directory (expected DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*)")
+                raise ConfigError(
+                    f"imagefolder: {data_dir / split} is not a directory "
+                    "(expected DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*)"
+                )
         try:
-            sets = [FolderImageDataset(data_dir / "train"), FolderImageDataset(data_dir / "train", eval_t),
-                    FolderImageDataset(data_dir / "val", eval_t)]
+            sets = [
+                FolderImageDataset(data_dir / "train"),
+                FolderImageDataset(data_dir / "train", eval_t),
+                FolderImageDataset(data_dir / "val", eval_t),
+            ]
         except (FileNotFoundError, RuntimeError) as error:  # ImageFolder: no class folders / no images
             raise ConfigError(f"imagefolder: {error}") from error
         return tuple(sets)
@@ -159,14 +173,16 @@ def _require_data_dir(cfg) -> Path:
         raise ConfigError(f"preset {cfg.preset!r} needs --data-dir (the folder holding the {cfg.dataset} data)")
     data_dir = Path(cfg.data_dir).expanduser()
     if not data_dir.is_dir() and not cfg.download:
-        raise ConfigError(f"--data-dir {data_dir} does not exist" + (" (or pass --download)" if cfg.dataset in CIFAR_LAYOUT else ""))
+        raise ConfigError(
+            f"--data-dir {data_dir} does not exist" + (" (or pass --download)" if cfg.dataset in CIFAR_LAYOUT else "")
+        )
     return data_dir
 
 
 # ---------------------------------------------------------------------------- two views, exact order
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """A 63-bit seed for one sample's augmentation, a fixed function of (run seed, epoch, index)."""
-    mixed = (seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9 + (index + 1) * 0x94D049BB133111EB)
+    mixed = seed * 0x9E3779B97F4A7C15 + (epoch + 1) * 0xBF58476D1CE4E5B9 + (index + 1) * 0x94D049BB133111EB
     mixed ^= mixed >> 31
     return mixed % (2**63)
 

@@ -67,8 +67,14 @@ def cached_features(run: Run) -> dict:
     cfg = run.cfg
     train_f, _, train_y = extract(run.model, run.eval_train_set, cfg.eval_batch_size, run.device, cfg.workers)
     test_f, test_kappa, test_y = extract(run.model, run.eval_test_set, cfg.eval_batch_size, run.device, cfg.workers)
-    features = {"step": run.step, "train_features": train_f, "train_labels": train_y, "test_features": test_f,
-                "test_labels": test_y, "test_kappa": test_kappa}
+    features = {
+        "step": run.step,
+        "train_features": train_f,
+        "train_labels": train_y,
+        "test_features": test_f,
+        "test_labels": test_y,
+        "test_kappa": test_kappa,
+    }
     torch.save(features, path)
     return features
 
@@ -86,20 +92,38 @@ def run_knn(run: Run, features: dict, k: int | None = None, temperature: float |
     k = k or run.cfg.knn_k
     temperature = temperature or run.cfg.knn_temperature
     device = run.device
-    predictions, _ = knn_predict(features["train_features"].to(device), features["train_labels"],
-                                 features["test_features"].to(device), num_classes(features), k, temperature)
+    predictions, _ = knn_predict(
+        features["train_features"].to(device),
+        features["train_labels"],
+        features["test_features"].to(device),
+        num_classes(features),
+        k,
+        temperature,
+    )
     predictions = predictions.cpu()
-    result = {"top1": (predictions == features["test_labels"]).double().mean().item(), "k": k,
-              "temperature": temperature, "num_train": len(features["train_labels"]),
-              "num_test": len(features["test_labels"]), "step": run.step}
+    result = {
+        "top1": (predictions == features["test_labels"]).double().mean().item(),
+        "k": k,
+        "temperature": temperature,
+        "num_train": len(features["train_labels"]),
+        "num_test": len(features["test_labels"]),
+        "step": run.step,
+    }
     write_json(run.run_dir / "knn.json", result)
     return {**result, "predictions": predictions}
 
 
 def run_linear(run: Run, features: dict, epochs: int = 100, lr: float | None = None) -> dict:
-    probe = linear_probe(features["train_features"].to(run.device), features["train_labels"],
-                         features["test_features"].to(run.device), features["test_labels"], num_classes(features),
-                         epochs=epochs, lr=lr, seed=run.cfg.seed)
+    probe = linear_probe(
+        features["train_features"].to(run.device),
+        features["train_labels"],
+        features["test_features"].to(run.device),
+        features["test_labels"],
+        num_classes(features),
+        epochs=epochs,
+        lr=lr,
+        seed=run.cfg.seed,
+    )
     result = {"top1": probe["top1"], "epochs": epochs, "lr": lr, "step": run.step}
     write_json(run.run_dir / "linear.json", result)
     return {**result, "predictions": probe["predictions"]}
@@ -125,9 +149,18 @@ def run_uncertainty(run: Run, features: dict, knn: dict, linear: dict, corruptio
     if kappa is None:
         raise ConfigError(f"{run.run_dir} was trained with distribution 'none' (plain SimSiam): it has no kappa")
     labels = features["test_labels"]
-    result = {"step": run.step, "num_test": len(labels), "knn_top1": knn["top1"], "linear_top1": linear["top1"],
-              "kappa": {"mean": kappa.double().mean().item(), "median": kappa.double().median().item(),
-                        "min": kappa.min().item(), "max": kappa.max().item()}}
+    result = {
+        "step": run.step,
+        "num_test": len(labels),
+        "knn_top1": knn["top1"],
+        "linear_top1": linear["top1"],
+        "kappa": {
+            "mean": kappa.double().mean().item(),
+            "median": kappa.double().median().item(),
+            "min": kappa.min().item(),
+            "max": kappa.max().item(),
+        },
+    }
     for name, predictions in (("knn", knn["predictions"]), ("linear", linear["predictions"])):
         correct = predictions == labels
         bins = U.accuracy_by_kappa_bin(kappa, correct, bins=10)
@@ -175,15 +208,23 @@ def evaluate_all(run: Run, linear_epochs: int = 100) -> dict:
     knn = run_knn(run, features)
     linear = run_linear(run, features, epochs=linear_epochs)
     write_predictions(run.run_dir / "test_predictions.csv", features, knn["predictions"], linear["predictions"])
-    headline = {"knn_top1": knn["top1"], "knn_k": knn["k"], "knn_temperature": knn["temperature"],
-                "linear_top1": linear["top1"], "num_test": knn["num_test"], "num_train": knn["num_train"]}
+    headline = {
+        "knn_top1": knn["top1"],
+        "knn_k": knn["k"],
+        "knn_temperature": knn["temperature"],
+        "linear_top1": linear["top1"],
+        "num_test": knn["num_test"],
+        "num_train": knn["num_train"],
+    }
     if features["test_kappa"] is not None:
         analysis = run_uncertainty(run, features, knn, linear)
         write_report(run, features, analysis)
         headline.update(
             kappa=analysis["kappa"],
-            auroc_knn=analysis["knn"]["auroc"], spearman_knn=analysis["knn"]["spearman"],
-            bottom_decile_knn=analysis["knn"]["bottom_bin_accuracy"], top_decile_knn=analysis["knn"]["top_bin_accuracy"],
+            auroc_knn=analysis["knn"]["auroc"],
+            spearman_knn=analysis["knn"]["spearman"],
+            bottom_decile_knn=analysis["knn"]["bottom_bin_accuracy"],
+            top_decile_knn=analysis["knn"]["top_bin_accuracy"],
             auroc_linear=analysis["linear"]["auroc"],
             bottom_decile_linear=analysis["linear"]["bottom_bin_accuracy"],
             top_decile_linear=analysis["linear"]["top_bin_accuracy"],
@@ -200,7 +241,10 @@ def main(args) -> None:
     features = cached_features(run)
     if args.command == "knn":
         result = run_knn(run, features, args.k, args.temperature)
-        print(f"kNN top-1 (k={result['k']}, t={result['temperature']}): {result['top1']:.4f}  -> {run.run_dir / 'knn.json'}")
+        print(
+            f"kNN top-1 (k={result['k']}, t={result['temperature']}): {result['top1']:.4f}"
+            f"  -> {run.run_dir / 'knn.json'}"
+        )
     elif args.command == "linear":
         result = run_linear(run, features, args.linear_epochs, args.linear_lr)
         print(f"linear probe top-1: {result['top1']:.4f}  -> {run.run_dir / 'linear.json'}")

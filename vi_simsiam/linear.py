@@ -55,5 +55,8 @@ def linear_probe(
     with torch.no_grad():
         probabilities = classifier(x_test).softmax(1).cpu()
     predictions = probabilities.argmax(1)
-    return {"top1": (predictions == test_labels.cpu()).double().mean().item(), "predictions": predictions,
-            "probabilities": probabilities}
+    return {
+        "top1": (predictions == test_labels.cpu()).double().mean().item(),
+        "predictions": predictions,
+        "probabilities": probabilities,
+    }

@@ -66,9 +66,14 @@ def new_run_dir(cfg: config_lib.Config) -> Path:
         if run_dir.exists() and not run_dir.is_dir():
             raise ConfigError(f"--output-dir {run_dir} exists and is not a directory")
         if run_dir.is_dir() and any(run_dir.iterdir()):
-            hint = " (it holds a checkpoint: pass --resume auto to continue it)" if (run_dir / ckpt.CHECKPOINT_NAME).exists() else ""
+            hint = (
+                " (it holds a checkpoint: pass --resume auto to continue it)"
+                if (run_dir / ckpt.CHECKPOINT_NAME).exists()
+                else ""
+            )
             raise ConfigError(
-                f"--output-dir {run_dir} is not empty{hint}; choose a new directory — an existing run is never overwritten"
+                f"--output-dir {run_dir} is not empty{hint}; choose a new directory "
+                "(an existing run is never overwritten)"
             )
     else:
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -87,15 +92,19 @@ def find_checkpoint(resume: str, cfg: config_lib.Config) -> Path:
         if cfg.output_dir:
             path = Path(cfg.output_dir).expanduser() / ckpt.CHECKPOINT_NAME
             if not path.is_file():
-                raise ConfigError(f"--resume auto: no {ckpt.CHECKPOINT_NAME} in {cfg.output_dir}; nothing to resume "
-                                  "(drop --resume to start a new run)")
+                raise ConfigError(
+                    f"--resume auto: no {ckpt.CHECKPOINT_NAME} in {cfg.output_dir}; nothing to resume "
+                    "(drop --resume to start a new run)"
+                )
             return path
         candidates = sorted(
             RUNS_ROOT.glob(f"{cfg.preset}-{cfg.distribution}-*/{ckpt.CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime
         )
         if not candidates:
-            raise ConfigError(f"--resume auto: no run of preset {cfg.preset!r} ({cfg.distribution}) with a checkpoint "
-                              f"under {RUNS_ROOT}/; nothing to resume (drop --resume, or pass --output-dir RUN_DIR)")
+            raise ConfigError(
+                f"--resume auto: no run of preset {cfg.preset!r} ({cfg.distribution}) with a checkpoint "
+                f"under {RUNS_ROOT}/; nothing to resume (drop --resume, or pass --output-dir RUN_DIR)"
+            )
         return candidates[-1]
     path = Path(resume).expanduser()
     if path.is_dir():
@@ -117,8 +126,9 @@ def param_groups(model: VISimSiam, cfg: config_lib.Config) -> list[dict]:
         {"name": "predictor", "params": list(model.predictor.parameters()), "lr": lr},
     ]
     if model.kappa_head is not None:
-        groups.append({"name": "kappa_head", "params": list(model.kappa_head.parameters()),
-                       "lr": lr * model.kappa_head.lr_scale})
+        groups.append(
+            {"name": "kappa_head", "params": list(model.kappa_head.parameters()), "lr": lr * model.kappa_head.lr_scale}
+        )
     return groups
 
 
@@ -189,8 +199,12 @@ class Trainer:
             self.model = distributed.convert_sync_batchnorm(self.model, ctx.device)
         self.amp_dtype = resolve_amp(cfg, ctx.device)
         groups = param_groups(self.model, cfg)
-        self.optimizer = torch.optim.SGD(groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambdas(cfg, self.steps_per_epoch, groups))
+        self.optimizer = torch.optim.SGD(
+            groups, lr=groups[0]["lr"], momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lr_lambdas(cfg, self.steps_per_epoch, groups)
+        )
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp_dtype == torch.float16)
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         if resume_from is not None:
@@ -202,7 +216,8 @@ class Trainer:
                 # ones; with synced batch norm every rank's buffers are equal, so none need broadcasting.
                 warnings.simplefilter("ignore", FutureWarning)
                 self.net = torch.nn.parallel.DistributedDataParallel(
-                    self.model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
+                    self.model,
+                    device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None,
                     broadcast_buffers=False,
                 )
 
@@ -257,8 +272,14 @@ class Trainer:
 
         cfg, ctx = self.cfg, self.ctx
         total = cfg.epochs * self.steps_per_epoch
-        bar = tqdm(total=total, initial=self.step, disable=None if ctx.is_main else True, dynamic_ncols=True,
-                   desc=f"{cfg.preset} {cfg.distribution}", file=sys.stderr)
+        bar = tqdm(
+            total=total,
+            initial=self.step,
+            disable=None if ctx.is_main else True,
+            dynamic_ncols=True,
+            desc=f"{cfg.preset} {cfg.distribution}",
+            file=sys.stderr,
+        )
         print_every = max(1, cfg.epochs // 10)
         self.net.train()
         while not self.finished:
@@ -290,8 +311,11 @@ class Trainer:
                 if distributed.any_rank(stopper.requested, ctx):
                     self.save()
                     return
-            epoch_values = {"epoch": self.epoch + 1, "seconds": round(time.time() - started, 3),
-                            "lr": self.optimizer.param_groups[0]["lr"]}
+            epoch_values = {
+                "epoch": self.epoch + 1,
+                "seconds": round(time.time() - started, 3),
+                "lr": self.optimizer.param_groups[0]["lr"],
+            }
             if count:  # a run stopped right after an epoch's last batch resumes into an empty remainder
                 means = distributed.all_reduce_mean(torch.stack([v / count for v in sums.values()]).float(), ctx)
                 epoch_values.update(zip(sums, means.tolist()))
@@ -316,8 +340,15 @@ def evaluate(trainer: Trainer) -> dict:
 
     from .evaluation import Run, evaluate_all
 
-    run = Run(trainer.cfg, trainer.model, trainer.run_dir, trainer.eval_train_set, trainer.eval_test_set,
-              trainer.ctx.device, trainer.step)
+    run = Run(
+        trainer.cfg,
+        trainer.model,
+        trainer.run_dir,
+        trainer.eval_train_set,
+        trainer.eval_test_set,
+        trainer.ctx.device,
+        trainer.step,
+    )
     result = evaluate_all(run)
     result["epoch"] = trainer.epoch
     (trainer.run_dir / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -327,14 +358,16 @@ def evaluate(trainer: Trainer) -> dict:
 def summary_text(cfg: config_lib.Config, result: dict, seconds: float, run_dir: Path) -> str:
     name = "SimSiam" if cfg.distribution == "none" else f"VI-SimSiam ({cfg.distribution})"
     lines = [
-        f"{name} on {cfg.dataset}: {cfg.epochs} epochs, {seconds:.0f} s wall time ({torch.get_num_threads()} CPU threads)",
+        f"{name} on {cfg.dataset}: {cfg.epochs} epochs, {seconds:.0f} s wall time "
+        f"({torch.get_num_threads()} CPU threads)",
         f"  kNN top-1 (k={result['knn_k']}, t={result['knn_temperature']}) on {result['num_test']} held-out images: "
         f"{result['knn_top1']:.4f}; linear probe: {result['linear_top1']:.4f}",
     ]
     if "kappa" in result:
         k = result["kappa"]
         lines += [
-            f"  kappa on held-out images: median {k['median']:.4g}, range [{k['min']:.4g}, {k['max']:.4g}] (d = {cfg.dim})",
+            f"  kappa on held-out images: median {k['median']:.4g}, range [{k['min']:.4g}, {k['max']:.4g}] "
+            f"(d = {cfg.dim})",
             f"  kappa -> kNN correctness: AUROC {result['auroc_knn']:.3f}; accuracy in the lowest / highest kappa "
             f"decile {result['bottom_decile_knn']:.3f} / {result['top_decile_knn']:.3f}",
             "  mean kappa, strongest corruption / clean: "
@@ -396,23 +429,32 @@ def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | Non
             if kind == "new":
                 config_lib.save(cfg, run_dir / "config.json")
                 trainer.save()  # step 0: a run killed in its first epoch can be resumed too
-            print(f"{'resuming' if resume_from else 'starting'} {cfg.preset} ({cfg.distribution}) in {run_dir} "
-                  f"at epoch {trainer.epoch}, step {trainer.step}; {ctx.world_size} process(es) on {ctx.device}",
-                  flush=True)
+            print(
+                f"{'resuming' if resume_from else 'starting'} {cfg.preset} ({cfg.distribution}) in {run_dir} "
+                f"at epoch {trainer.epoch}, step {trainer.step}; {ctx.world_size} process(es) on {ctx.device}",
+                flush=True,
+            )
         logger = RunLogger(run_dir, enabled=ctx.is_main, purge_step=trainer.step if resume_from else None)
         try:
             with ckpt.StopOnSignal() as stopper:
                 trainer.train(logger, stopper)
             if stopper.requested:
                 if ctx.is_main:
-                    print(f"stopped by signal {stopper.signum} at epoch {trainer.epoch}, step {trainer.step}; "
-                          f"checkpoint saved; continue with: --resume auto --output-dir {run_dir}", file=sys.stderr,
-                          flush=True)
+                    print(
+                        f"stopped by signal {stopper.signum} at epoch {trainer.epoch}, step {trainer.step}; "
+                        f"checkpoint saved; continue with: --resume auto --output-dir {run_dir}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                 raise SystemExit(128 + stopper.signum)
             result = {"run_dir": str(run_dir), "epoch": trainer.epoch, "step": trainer.step}
             if cfg.evaluate and ctx.is_main:
                 result.update(evaluate(trainer))
-                logger.log("eval", trainer.step, **{k: v for k, v in result.items() if k != "step" and isinstance(v, (int, float))})
+                logger.log(
+                    "eval",
+                    trainer.step,
+                    **{k: v for k, v in result.items() if k != "step" and isinstance(v, (int, float))},
+                )
                 seconds = time.time() - started
                 result["seconds"] = seconds
                 print(summary_text(cfg, result, seconds, run_dir), flush=True)

@@ -1,10 +1,10 @@
 """Figures (PNG, matplotlib) and report.md for the uncertainty analysis of a run.
 
-    figures/accuracy_by_kappa.png   accuracy per kappa decile, kNN and linear probe
-    figures/kappa_histogram.png     kappa of every test image
-    figures/kappa_corruption.png    mean kappa against corruption level, relative to clean images
-    figures/lowest_kappa.png        the 16 lowest-kappa test images (the paper's Figure 1, bottom)
-    figures/highest_kappa.png       the 16 highest-kappa test images (Figure 1, top)
+figures/accuracy_by_kappa.png   accuracy per kappa decile, kNN and linear probe
+figures/kappa_histogram.png     kappa of every test image
+figures/kappa_corruption.png    mean kappa against corruption level, relative to clean images
+figures/lowest_kappa.png        the 16 lowest-kappa test images (the paper's Figure 1, bottom)
+figures/highest_kappa.png       the 16 highest-kappa test images (Figure 1, top)
 """
 
 from __future__ import annotations
@@ -79,7 +79,9 @@ def write_report(run, features: dict, analysis: dict) -> Path:
     figure, ax = plt.subplots(figsize=(6, 3.5))
     for name, entry in analysis["corruption"].items():
         clean = entry["levels"][0]["kappa_mean"]
-        ax.plot(range(len(entry["levels"])), [lv["kappa_mean"] / clean for lv in entry["levels"]], marker="o", label=name)
+        ax.plot(
+            range(len(entry["levels"])), [lv["kappa_mean"] / clean for lv in entry["levels"]], marker="o", label=name
+        )
     ax.set_xticks(range(max(len(e["levels"]) for e in analysis["corruption"].values())))
     ax.set_xlabel("corruption level (0 = clean)")
     ax.set_ylabel("mean kappa / clean mean kappa")
@@ -102,14 +104,16 @@ def write_report(run, features: dict, analysis: dict) -> Path:
 def headline_text(analysis: dict) -> str:
     knn, linear = analysis["knn"], analysis["linear"]
     ratios = ", ".join(f"{name} x{c['ratio_most_to_clean']:.2f}" for name, c in analysis["corruption"].items())
-    return "\n".join([
-        f"  kNN top-1 {analysis['knn_top1']:.4f}, linear probe top-1 {analysis['linear_top1']:.4f}",
-        f"  kappa as a predictor of kNN correctness: AUROC {knn['auroc']:.3f}, Spearman {knn['spearman']:.3f}; "
-        f"accuracy lowest/highest kappa decile {knn['bottom_bin_accuracy']:.3f} / {knn['top_bin_accuracy']:.3f}",
-        f"  (linear probe: AUROC {linear['auroc']:.3f}; deciles {linear['bottom_bin_accuracy']:.3f} / "
-        f"{linear['top_bin_accuracy']:.3f})",
-        f"  mean kappa at the strongest corruption relative to clean images: {ratios}",
-    ])
+    return "\n".join(
+        [
+            f"  kNN top-1 {analysis['knn_top1']:.4f}, linear probe top-1 {analysis['linear_top1']:.4f}",
+            f"  kappa as a predictor of kNN correctness: AUROC {knn['auroc']:.3f}, Spearman {knn['spearman']:.3f}; "
+            f"accuracy lowest/highest kappa decile {knn['bottom_bin_accuracy']:.3f} / {knn['top_bin_accuracy']:.3f}",
+            f"  (linear probe: AUROC {linear['auroc']:.3f}; deciles {linear['bottom_bin_accuracy']:.3f} / "
+            f"{linear['top_bin_accuracy']:.3f})",
+            f"  mean kappa at the strongest corruption relative to clean images: {ratios}",
+        ]
+    )
 
 
 def report_markdown(run, analysis: dict) -> str:
@@ -127,21 +131,48 @@ def report_markdown(run, analysis: dict) -> str:
     ]
     for name, label in (("knn", f"kNN (k={cfg.knn_k})"), ("linear", "linear probe")):
         entry = analysis[name]
-        lines.append(f"| {label} | {analysis[name + '_top1']:.4f} | {entry['auroc']:.3f} | {entry['spearman']:.3f} | "
-                     f"{entry['bottom_bin_accuracy']:.3f} | {entry['top_bin_accuracy']:.3f} |")
-    lines += ["", "![accuracy by kappa decile](figures/accuracy_by_kappa.png)", "",
-              "| decile | kappa range | kNN accuracy | linear accuracy |", "|---|---|---|---|"]
+        lines.append(
+            f"| {label} | {analysis[name + '_top1']:.4f} | {entry['auroc']:.3f} | {entry['spearman']:.3f} | "
+            f"{entry['bottom_bin_accuracy']:.3f} | {entry['top_bin_accuracy']:.3f} |"
+        )
+    lines += [
+        "",
+        "![accuracy by kappa decile](figures/accuracy_by_kappa.png)",
+        "",
+        "| decile | kappa range | kNN accuracy | linear accuracy |",
+        "|---|---|---|---|",
+    ]
     for a, b in zip(analysis["knn"]["bins"], analysis["linear"]["bins"]):
-        lines.append(f"| {a['bin'] + 1} | {a['kappa_min']:.4g} – {a['kappa_max']:.4g} | {a['accuracy']:.3f} | {b['accuracy']:.3f} |")
-    lines += ["", "## Kappa under corruption", "",
-              f"Mean kappa of the first {analysis['corruption_num_images']} test images at each level.", "",
-              "| corruption | levels | mean kappa per level | Spearman(level, kappa) | falls |", "|---|---|---|---|---|"]
+        lines.append(
+            f"| {a['bin'] + 1} | {a['kappa_min']:.4g} - {a['kappa_max']:.4g} | "
+            f"{a['accuracy']:.3f} | {b['accuracy']:.3f} |"
+        )
+    lines += [
+        "",
+        "## Kappa under corruption",
+        "",
+        f"Mean kappa of the first {analysis['corruption_num_images']} test images at each level.",
+        "",
+        "| corruption | levels | mean kappa per level | Spearman(level, kappa) | falls |",
+        "|---|---|---|---|---|",
+    ]
     for name, entry in analysis["corruption"].items():
         levels = ", ".join(f"{lv['level']:g}" for lv in entry["levels"])
         means = ", ".join(f"{lv['kappa_mean']:.4g}" for lv in entry["levels"])
         lines.append(f"| {name} | {levels} | {means} | {entry['spearman_level_kappa']:.3f} | {entry['falls']} |")
-    lines += ["", "![kappa under corruption](figures/kappa_corruption.png)", "",
-              "## Kappa distribution", "", "![kappa histogram](figures/kappa_histogram.png)", "",
-              "## Lowest- and highest-kappa images", "",
-              "![lowest kappa](figures/lowest_kappa.png)", "", "![highest kappa](figures/highest_kappa.png)", ""]
+    lines += [
+        "",
+        "![kappa under corruption](figures/kappa_corruption.png)",
+        "",
+        "## Kappa distribution",
+        "",
+        "![kappa histogram](figures/kappa_histogram.png)",
+        "",
+        "## Lowest- and highest-kappa images",
+        "",
+        "![lowest kappa](figures/lowest_kappa.png)",
+        "",
+        "![highest kappa](figures/highest_kappa.png)",
+        "",
+    ]
     return "\n".join(lines)

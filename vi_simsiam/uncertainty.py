@@ -44,8 +44,16 @@ def accuracy_by_kappa_bin(kappa: torch.Tensor, correct: torch.Tensor, bins: int 
         if not mask.any():
             continue
         k = kappa[mask].double()
-        rows.append({"bin": b, "count": int(mask.sum()), "kappa_min": k.min().item(), "kappa_max": k.max().item(),
-                     "kappa_mean": k.mean().item(), "accuracy": correct[mask].double().mean().item()})
+        rows.append(
+            {
+                "bin": b,
+                "count": int(mask.sum()),
+                "kappa_min": k.min().item(),
+                "kappa_max": k.max().item(),
+                "kappa_mean": k.mean().item(),
+                "accuracy": correct[mask].double().mean().item(),
+            }
+        )
     return rows
 
 
@@ -137,8 +145,12 @@ def kappa_under_corruption(
     for name, (corrupt, levels) in corruptions.items():
         per_level, all_levels, all_kappa = [], [], []
         for rank, level in enumerate(levels):
-            kappa = torch.cat([kappa_of(corrupt(images[i : i + batch_size], level)).double().cpu()
-                               for i in range(0, len(images), batch_size)])
+            kappa = torch.cat(
+                [
+                    kappa_of(corrupt(images[i : i + batch_size], level)).double().cpu()
+                    for i in range(0, len(images), batch_size)
+                ]
+            )
             per_level.append({"level": level, "kappa_mean": kappa.mean().item(), "kappa_median": kappa.median().item()})
             all_levels.append(np.full(len(kappa), rank))
             all_kappa.append(kappa.numpy())
