@@ -84,6 +84,33 @@ def test_distribution_none_is_simsiam_without_kappa_head():
     assert model.embed(torch.rand(3, 1, 8, 8))[1] is None
 
 
+def test_vmf_and_kl_weight_go_through_the_same_call():
+    torch.manual_seed(0)
+    x1, x2 = torch.rand(6, 1, 8, 8), torch.rand(6, 1, 8, 8)
+    losses = {}
+    for distribution, kl_weight in (("vmf", 0.0), ("power_spherical", 0.0), ("power_spherical", 0.5)):
+        torch.manual_seed(1)
+        model = VISimSiam(
+            DigitsCNN(),
+            dim=32,
+            pred_dim=8,
+            proj_hidden_dim=32,
+            proj_layers=2,
+            kappa_hidden_dim=8,
+            distribution=distribution,
+            kl_weight=kl_weight,
+        )
+        out = model(x1, x2)
+        loss = model.loss(out)
+        loss.backward()
+        assert torch.isfinite(loss) and model.kappa_head.mlp[-1].bias.grad is not None
+        losses[distribution, kl_weight] = loss.item()
+        if kl_weight:
+            kl = 0.5 * (vk.power_spherical_kl_uniform(out.kappa1, 32) + vk.power_spherical_kl_uniform(out.kappa2, 32))
+            assert loss.item() == pytest.approx(losses["power_spherical", 0.0] + kl_weight * kl.mean().item(), rel=1e-5)
+    assert losses["vmf", 0.0] != losses["power_spherical", 0.0]
+
+
 def test_kappa_head_can_read_the_backbone_feature():
     model = VISimSiam(
         DigitsCNN(), dim=32, pred_dim=8, proj_hidden_dim=32, proj_layers=2, kappa_hidden_dim=8, kappa_input="backbone"
