@@ -268,8 +268,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         write(f"GPUs: {', '.join(machine['gpus'])}")
     if machine["copy_GBps"]:
         write("copy bandwidth: " + ", ".join(f"{d} {v:.1f} GB/s" for d, v in machine["copy_GBps"].items()))
-    load = machine["loadavg_end"]
-    if load and machine["cpu_count"] and max(load) > 0.5 * machine["cpu_count"]:
+    load = machine["loadavg_start"]  # the end value counts this run's own threads
+    if load and machine["cpu_count"] and load[0] > 0.5 * machine["cpu_count"]:
         write(f"WARNING: load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {machine['cpu_count']} CPUs: "
               "other work was running, these timings are noisy", yellow=True)
     for group, by_provider in sorted(medians.items()):
