@@ -25,7 +25,10 @@ import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 
-# Which compiled backends serve which device type, in auto's order of preference.
+# Which compiled backends serve which device type, in auto's order of preference. On CUDA,
+# Triton comes first because its training path moves 3S per step (read p, z; write grad_p) where
+# the CUDA C++ backend's op-schema path moves 5S; neither has been timed on a GPU yet, and
+# bench/gpu_check.sh measures both side by side: put the faster first once it has run.
 AUTO_ORDER = {"cpu": ("cpu",), "cuda": ("triton", "cuda")}
 
 # Where each compiled backend lives: module whose load() makes its ops available
