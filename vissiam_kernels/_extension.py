@@ -4,6 +4,11 @@ The C++ sources are compiled on first use with ninja through
 ``torch.utils.cpp_extension.load`` and cached per torch and Python version, so
 ``pip install -e .`` needs no compiler step and the library always matches the
 torch it runs with. Set ``VISSIAM_BUILD_DIR`` to move the cache.
+
+``VISSIAM_SANITIZE=address,undefined`` (a ``-fsanitize=`` list) builds the CPU
+library instrumented, with ``-O1 -g -fno-omit-frame-pointer``, under its own
+cache name so sanitized and normal builds never mix. Only for .ci/sanitize.sh:
+the sanitizer runtime must be preloaded into Python (LD_PRELOAD) to load it.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ def load_cpu_library() -> None:
 
     src = source_dir()
     name = "vissiam_kernels_cpu"
+    cflags, ldflags = ["-O3", "-fno-math-errno", "-fopenmp"], ["-fopenmp"]
+    sanitize = os.environ.get("VISSIAM_SANITIZE", "").strip()
+    if sanitize:  # see the module docstring; the name keeps this build apart from the normal one
+        name += "_san_" + "".join(ch if ch.isalnum() else "_" for ch in sanitize)
+        flags = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-fno-sanitize-recover=all", "-g"]
+        cflags, ldflags = ["-O1", "-fno-math-errno", "-fopenmp", *flags], ["-fopenmp", *flags]
     build_dir = build_root() / name
     build_dir.mkdir(parents=True, exist_ok=True)
     if not (build_dir / f"{name}.so").exists():
@@ -53,8 +64,8 @@ def load_cpu_library() -> None:
         sources=[str(src / "ops.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp")],
         extra_include_paths=[str(src / "include")],
         # -fopenmp: at::parallel_for is inline OpenMP in the ATen headers; without it rows run serially
-        extra_cflags=["-O3", "-fno-math-errno", "-fopenmp"],
-        extra_ldflags=["-fopenmp"],
+        extra_cflags=cflags,
+        extra_ldflags=ldflags,
         build_directory=str(build_dir),
         is_python_module=False,
         verbose=os.environ.get("VISSIAM_VERBOSE_BUILD") == "1",
