@@ -126,6 +126,19 @@ VISSIAM_ISA_CLONES void row_combination(const scalar_t* x, const scalar_t* y, sc
   }
 }
 
+// row *= c in place, computed in double and rounded once. Not row_combination(row, row, row, c, 0.0):
+// 0 * inf is NaN, which turned a gradient that overflowed the dtype (inf) into NaN.
+template <typename scalar_t>
+VISSIAM_ISA_CLONES void row_scale(scalar_t* row, int64_t n, double c) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    store8(row + i, c * load8(row + i));
+  }
+  for (; i < n; ++i) {
+    row[i] = static_cast<scalar_t>(c * to_double(row[i]));
+  }
+}
+
 // Rows per parallel task: about 64K elements of work each.
 int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, (int64_t{1} << 16) / std::max<int64_t>(dim, 1)); }
 
@@ -244,8 +257,7 @@ void rescale_rows_cpu(at::TensorList grad_mu, at::TensorList grad_target, const 
             const int64_t r = row_offset + i;
             if (u_ptr[r] == a_ptr[r]) continue;
             const double factor = u_ptr[r] / a_ptr[r];
-            scalar_t* row = g_ptr + i * dim;
-            row_combination(row, row, row, dim, factor, 0.0);
+            row_scale(g_ptr + i * dim, dim, factor);
           }
         });
       });
