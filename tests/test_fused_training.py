@@ -129,3 +129,20 @@ def test_rescale_rows_touches_only_rows_that_differ():
     assert torch.equal(grads[0], before[0]) and torch.equal(grads[2], before[2])
     assert torch.allclose(grads[1], 2 * before[1]) and torch.allclose(grads[3], -0.5 * before[3])
     assert torch.equal(applied, upstream)
+
+
+def test_float16_with_a_gradscaler_upstream_keeps_its_small_gradients():
+    """A mean loss scaled by 2^16 (GradScaler) with small per-element gradients: the fp16 gradient must
+    be the correctly rounded scaled gradient, not a rescaled copy of an underflowed 1/B-scaled buffer."""
+    g = torch.Generator().manual_seed(3)
+    p64 = 300.0 * torch.randn(512, 64, generator=g, dtype=torch.float64)
+    z = torch.randn(512, 64, generator=g, dtype=torch.float64)
+    kappa = torch.full((512,), 2.0, dtype=torch.float64)
+    p = p64.half().requires_grad_()
+    (65536.0 * vk.vmf_loss(p, z.half(), kappa.half())).backward()
+    exact = p.detach().double().requires_grad_()
+    (65536.0 * reference.vmf_nll(exact, z.half().double(), kappa.half().double())).backward()
+    assert p.grad.dtype == torch.float16
+    representable = exact.grad.abs() > 6.1e-5  # fp16 normal range: there the rounding is relative
+    relative = ((p.grad.double() - exact.grad).abs() / exact.grad.abs())[representable]
+    assert relative.max() <= 2.0 ** -10, f"worst relative error {relative.max():.2e}"

@@ -99,7 +99,11 @@ def _nll_per_row(views, family: str, reduction: str = "none", view_factor: float
     targets = [target.reshape(-1, dim) for _, target, _, _ in views]
     kappas = [] if family == "none" else [kappa.reshape(-1) for _, _, kappa, _ in views]
     fused = _fused_training.kernels_for(backend)
-    if fused is not None:
+    # float16 stays on the op-schema path: the training path stores the gradient in the input dtype
+    # scaled by the predicted upstream weight (1/B for a mean), and an fp16 buffer at that scale
+    # underflows or overflows where the real upstream (a GradScaler's 2^16/B, per-row weights) would
+    # not; bfloat16 has float32's exponent range and keeps the 3S path.
+    if fused is not None and all(m.dtype != torch.float16 for m in mus):
         weight = _fused_training.predicted_upstream_weight(
             reduction, views[0][3].numel(), view_factor, reference.compute_dtype(*mus, *kappas)
         )
