@@ -288,3 +288,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     report = {"machine": machine, "medians_s": medians, "targets": targets}
     RESULTS_DIR.mkdir(exist_ok=True)
     (RESULTS_DIR / "latest-ratios.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    """Keep result files small enough to commit: the statistics stay, the raw per-round samples go."""
+    for bench in output_json.get("benchmarks", []):
+        bench.get("stats", {}).pop("data", None)
