@@ -5,7 +5,10 @@
 # GPU benchmarks (CUDA C++ vs Triton vs torch.compile / eager, and the B=65536 bandwidth check against
 # a copy measured in the same run), then compute-sanitizer memcheck and racecheck over the CUDA kernels. Budget: under 8 minutes on an H100/H200; each stage has its own
 # timeout so a hang in one still leaves the others' results. Exit status: 0 when every stage passed.
+#   STAGES="build tests" bash bench/gpu_check.sh   # a subset (stages: build tests bench sanitizer),
+#                                                   # e.g. to split the work over two device calls
 set -u
+STAGES=" ${STAGES:-build tests bench sanitizer} "
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export PYTHONPATH="$root${PYTHONPATH:+:$PYTHONPATH}"
@@ -18,8 +21,9 @@ card=$($python -c "import torch; print(torch.cuda.get_device_name(0).replace(' '
 out="${OUT:-$root/bench/results/gpu-$card}"
 mkdir -p "$out"
 status=0
-stage() {  # stage NAME TIMEOUT_S COMMAND...
+stage() {  # stage NAME TIMEOUT_S COMMAND...  (skipped unless its first word is in $STAGES)
   local name=$1 limit=$2; shift 2
+  case "$STAGES" in *" ${name%%-*} "*) ;; *) echo "== $name: not in STAGES, skipped"; return 0 ;; esac
   local start; start=$(date +%s)
   echo "== $name (limit ${limit}s)"
   timeout "$limit" "$@" > "$out/$name.log" 2>&1
@@ -37,9 +41,9 @@ stage() {  # stage NAME TIMEOUT_S COMMAND...
 cat "$out/device.txt"
 
 stage build 200 $python -c "from vissiam_kernels import _cuda_extension as c; c.load(); print('CUDA kernels loaded from', c.build())"
-stage tests 200 $python -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_gpu.py \
+stage tests 180 $python -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_gpu.py \
   --junitxml="$out/gpu-tests.xml"
-stage bench 240 $python -m pytest -q -p no:cacheprovider bench/bench_losses.py bench/bench_triton_gpu.py --benchmark-only \
+stage bench 200 $python -m pytest -q -p no:cacheprovider bench/bench_losses.py bench/bench_triton_gpu.py --benchmark-only \
   --bench-devices=cuda -k "((B512-D2048 or B65536-D2048) and bwd and float32) or 512-2048-float32 or 65536-2048-float32" \
   --benchmark-json="$out/bench.json"
 # compute-sanitizer over the CUDA C++ kernels on the test shapes (issue 8). A subset: the tests that
@@ -48,14 +52,14 @@ stage bench 240 $python -m pytest -q -p no:cacheprovider bench/bench_losses.py b
 sanitized="spherical_nll_op_matches_cpu_kernel or scaled_row_combination_matches_cpu_kernel or normalizer_quantity_matches_cpu_kernel or non_contiguous or half_precision or empty_batch or extreme_kappa"
 if command -v compute-sanitizer > /dev/null; then
   for tool in memcheck racecheck; do
-    stage "sanitizer-$tool" 120 compute-sanitizer --tool "$tool" --error-exitcode 97 --target-processes all \
+    stage "sanitizer-$tool" 90 compute-sanitizer --tool "$tool" --error-exitcode 97 --target-processes all \
       $python -m pytest -q -x -p no:cacheprovider -m gpu tests/test_cuda_kernels.py -k "$sanitized"
   done
 else
   echo "compute-sanitizer not on the PATH: sanitizer stages not run" | tee -a "$out/summary.txt"
 fi
 if [ -f "$out/bench.json" ]; then
-  stage report 60 $python bench/report.py "$out/bench.json"
+  STAGES="$STAGES report " stage report 60 $python bench/report.py "$out/bench.json"
 fi
 cp bench/results/latest-ratios.json "$out/" 2>/dev/null
 echo "results in $out"
