@@ -42,7 +42,7 @@ _BACKEND_MODULES = {
 # Device types each compiled backend accepts (the Triton interpreter runs CPU tensors).
 _BACKEND_DEVICES = {"cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda", "cpu")}
 
-_state = {"last": None, "warned": set()}
+_state = {"last": None, "warned": set(), "available": set()}
 
 
 class BackendUnavailableError(RuntimeError):
@@ -63,11 +63,14 @@ def op_namespace(backend: str):
 
 def availability_error(backend: str) -> Exception | None:
     """None if ``backend`` loads (building it on first use), else the reason it cannot."""
+    if backend in _state["available"]:  # loaded once: no import machinery on every call
+        return None
     module_name, loader, _ = _BACKEND_MODULES[backend]
     try:
         getattr(importlib.import_module(module_name), loader)()
     except Exception as error:  # a missing compiler or toolkit: report it, never crash the caller
         return error
+    _state["available"].add(backend)
     return None
 
 

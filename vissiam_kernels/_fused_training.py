@@ -24,6 +24,7 @@ rescale) with ``register``; ``vissiam_kernels.functional`` then routes training 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
@@ -66,6 +67,8 @@ def kernels_for(backend: str) -> FusedKernels | None:
 
 def is_fake(t: torch.Tensor) -> bool:
     """Traced (fake / functional) tensors: no values to check, no data to read."""
+    if type(t) is torch.Tensor or type(t) is torch.nn.Parameter:  # the eager fast path
+        return False
     from torch._subclasses.fake_tensor import is_fake as _is_fake
 
     return _is_fake(t) or type(t).__name__ == "FunctionalTensor"
@@ -81,8 +84,14 @@ def predicted_upstream_weight(reduction: str, rows: int, view_factor: float = 1.
     if reduction == "mean":
         if torch.compiler.is_compiling():
             return view_factor / max(rows, 1)
-        return float(torch.ones((), dtype=dtype).div(max(rows, 1))) * view_factor
+        return _mean_weight(rows, dtype) * view_factor
     return 1.0 * view_factor
+
+
+@functools.lru_cache(maxsize=256)
+def _mean_weight(rows: int, dtype: torch.dtype) -> float:
+    """1/rows as MeanBackward computes it: in the loss dtype (cached: a tensor op per call costs ~4 us)."""
+    return float(torch.ones((), dtype=dtype).div(max(rows, 1)))
 
 
 def spherical_nll_training(kernels: FusedKernels, mu, target, kappa, family: int, upstream_weight: float,
