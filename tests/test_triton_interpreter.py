@@ -1,7 +1,8 @@
-"""The Triton backend in CI without a GPU: its suite (tests/triton_cases.py) through the Triton interpreter.
+"""The Triton backend in CI without a GPU: its suite (tests/triton_cases.py) and the fuzz properties
+(tests/accelerated_fuzz_cases.py) through the Triton interpreter.
 
 TRITON_INTERPRET must be set before triton is imported, and this pytest process has imported
-it already (other test modules, torch.compile), so the suite runs in a fresh interpreter with
+it already (other test modules, torch.compile), so each file runs in a fresh interpreter with
 TRITON_INTERPRET=1 and VISSIAM_BACKEND=triton on CPU tensors; its output is shown on failure.
 The rest of this file checks, in this process, how the backend reports that it cannot run.
 """
@@ -26,10 +27,13 @@ triton = pytest.importorskip("triton", reason="the Triton backend needs the trit
 
 
 @pytest.mark.slow
-def test_triton_suite_through_the_interpreter():
+@pytest.mark.parametrize("cases", ["triton_cases.py", "accelerated_fuzz_cases.py"])
+def test_triton_suite_through_the_interpreter(cases):
+    """triton_cases.py: the backend's correctness suite; accelerated_fuzz_cases.py: the fuzz
+    properties of every public op (issue 8) on the Triton backend."""
     env = dict(os.environ, TRITON_INTERPRET="1", VISSIAM_BACKEND="triton")
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
-    command = [sys.executable, "-m", "pytest", str(TESTS / "triton_cases.py"), "-q", "-p", "no:cacheprovider",
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), str(TESTS), env.get("PYTHONPATH")]))
+    command = [sys.executable, "-m", "pytest", str(TESTS / cases), "-q", "-p", "no:cacheprovider",
                "-o", "addopts=", "-rfE"]
     result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     tail = (result.stdout + result.stderr)[-12000:]

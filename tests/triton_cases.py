@@ -32,6 +32,11 @@ triton_ops = pytest.importorskip("vissiam_kernels.triton_ops")
 if triton_ops._IMPORT_ERROR is not None:
     pytest.skip(f"triton cannot be imported: {triton_ops._IMPORT_ERROR!r}", allow_module_level=True)
 
+import triton  # noqa: E402  (importable: triton_ops imported it)
+import triton.language as tl  # noqa: E402
+
+from vissiam_kernels.triton_kernels import _bfloat16_to_float32, _float32_to_bfloat16  # noqa: E402
+
 OPS = torch.ops.vissiam_triton
 FAMILIES = ("power_spherical", "vmf")
 NLL = {"power_spherical": vk.power_spherical_nll, "vmf": vk.vmf_nll}
@@ -527,6 +532,51 @@ def test_half_precision_inputs(family, dtype):
     REFERENCE_NLL[family](mu64, target.double().cpu(), kappa64, "none").sum().backward()
     resolution = 2.0 ** -7 if dtype == torch.bfloat16 else 2.0 ** -10
     assert_close(mu.grad, mu64.grad, resolution, resolution * mu64.grad.abs().max().item())
+
+
+@triton.jit
+def _bfloat16_round_trip_kernel(x, as_bf16, back, N: tl.constexpr):
+    i = tl.arange(0, N)
+    b = _float32_to_bfloat16(tl.load(x + i))
+    tl.store(as_bf16 + i, b)
+    tl.store(back + i, _bfloat16_to_float32(b))
+
+
+def test_bfloat16_conversions_are_bitwise_torchs():
+    """float32 <-> bfloat16 in the kernels (by bits) equals torch's conversion for every kind of value:
+    subnormals, the rounding ties, overflow to inf, NaN. Found by the interpreter fuzz run: the
+    interpreter's own converter truncated, and turned the subnormal 3.45e-40 into 1.03e-38."""
+    generator = torch.Generator().manual_seed(0)
+    special = [0.0, -0.0, math.inf, -math.inf, math.nan, 3.3895e38, -3.3895e38, 3.4e38, 1.401298464324817e-45,
+               -3.45e-40, 1e-38, 2e-38] + [1.0 + k / 256 for k in range(512)]  # every tie of [1, 3)
+    x = torch.cat([torch.randn(3000, generator=generator) * torch.logspace(-45, 38, 3000), torch.tensor(special)])
+    x = torch.cat([x, torch.randn(4096 - x.numel(), generator=generator)]).float().to(DEVICE)
+    as_bf16 = torch.empty(x.numel(), dtype=torch.bfloat16, device=DEVICE)
+    back = torch.empty_like(x)
+    _bfloat16_round_trip_kernel[(1,)](x, as_bf16, back, x.numel())
+    expected = x.to(torch.bfloat16)
+    same = (as_bf16.view(torch.int16) == expected.view(torch.int16)) | (as_bf16.isnan() & expected.isnan())
+    assert bool(same.all()), first_mismatch(as_bf16.float().cpu(), expected.float().cpu(), 0.0)
+    assert torch.equal(back.nan_to_num(), expected.float().nan_to_num())
+
+
+def test_bfloat16_gradient_of_a_subnormal_kappa():
+    """Fuzz regression (tests/accelerated_fuzz_cases.py): bfloat16 vectors with a subnormal kappa give
+    subnormal bfloat16 gradients, which came back up to 17x off before the kernels converted by bits."""
+    generator = torch.Generator().manual_seed(0)
+    mu = torch.randn(10, 2, generator=generator).to(torch.bfloat16).to(DEVICE).requires_grad_()
+    target = torch.randn(10, 2, generator=generator).to(torch.bfloat16).to(DEVICE).requires_grad_()
+    kappa = torch.full((10,), torch.finfo(torch.float32).smallest_normal / 4, device=DEVICE)
+    vk.vmf_nll(mu, target, kappa, reduction="sum").backward()
+    ran_triton()
+    mu64, target64 = mu.detach().cpu().double().requires_grad_(), target.detach().cpu().double().requires_grad_()
+    reference.vmf_nll(mu64, target64, kappa.cpu().double(), reduction="sum").backward()
+    for ours, exact in ((mu.grad, mu64.grad), (target.grad, target64.grad)):
+        assert ours.dtype == torch.bfloat16
+        # one bfloat16 rounding of the exact gradient, in bfloat16's subnormal range: within one unit
+        # of the last place there, 2**-133
+        error = (ours.cpu().double() - exact).abs().max().item()
+        assert error <= 2.0 ** -133 + 2.0 ** -8 * exact.abs().max().item(), error
 
 
 def test_batch_of_one_leading_dimensions_and_empty_batch():

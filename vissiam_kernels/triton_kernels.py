@@ -387,19 +387,48 @@ def _f64_like(x, value: tl.constexpr):
 
 
 @triton.jit
+def _bfloat16_to_float32(x):
+    # A bfloat16 is the upper half of a float32: exact for every value, subnormals included.
+    # Written on the bits because the interpreter's bfloat16 converter renormalizes subnormals
+    # wrongly (3.45e-40 came back as 1.03e-38); the GPU's cvt gives the same bits as this.
+    return (x.to(tl.uint16, bitcast=True).to(tl.uint32) << 16).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _float32_to_bfloat16(x):
+    # Round to nearest, ties to even, on the bits (as c10::BFloat16 does): correct for subnormals,
+    # overflow to inf, NaN kept NaN. The interpreter's own converter truncates and mangles
+    # subnormals (see _bfloat16_to_float32); on the GPU this equals cvt.rn.bf16.f32.
+    bits = x.to(tl.uint32, bitcast=True)
+    rounded = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    rounded = tl.where(x != x, 0x7FC0, rounded)
+    return rounded.to(tl.uint16).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _to_float32(x):
+    # Half types to float32 right after the load (interpreter: half arithmetic is wrong).
+    if x.dtype == tl.bfloat16:
+        return _bfloat16_to_float32(x)
+    else:
+        return x.to(tl.float32)
+
+
+@triton.jit
 def _store_type(x, dtype: tl.constexpr):
     # float64 -> half goes through float32 (the interpreter cannot convert float64 to bfloat16).
     if dtype == tl.float64:
         return x
+    elif dtype == tl.bfloat16:
+        return _float32_to_bfloat16(x.to(tl.float32))
     else:
         return x.to(tl.float32).to(dtype)
 
 
 @triton.jit
 def _to_acc(x, ACC_F64: tl.constexpr):
-    # Half types to float32 right after the load (interpreter: half arithmetic is wrong).
     if x.dtype != tl.float64:
-        x = x.to(tl.float32)
+        x = _to_float32(x)
     if ACC_F64:
         x = x.to(tl.float64)
     return x
@@ -417,7 +446,7 @@ def _from_f64(x, ACC_F64: tl.constexpr):
 def _load_f64(pointer, mask):
     x = tl.load(pointer, mask=mask, other=0.0)
     if x.dtype != tl.float64:
-        x = x.to(tl.float32).to(tl.float64)
+        x = _to_float32(x).to(tl.float64)
     return x
 
 

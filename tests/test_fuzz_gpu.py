@@ -1,0 +1,31 @@
+"""The fuzz properties on CUDA tensors, for the Triton and the CUDA C++ backends (issue 8).
+
+Collects every case of tests/accelerated_fuzz_cases.py (properties in tests/fuzz_properties.py)
+at the CPU run's sizes and example counts. Marked ``gpu``: deselected without a CUDA device, run by
+bench/gpu_check.sh (stage ``fuzz``) on a lent GPU machine. The same properties run on the Triton
+backend through the interpreter in CI (tests/test_triton_interpreter.py).
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs compiled kernels, not the interpreter"),
+]
+
+
+def test_a_cuda_device_is_visible():
+    """Stands for this file where the cases cannot run (then skipped, with the reason above)."""
+    assert torch.cuda.is_available()
+
+
+if ON_GPU:
+    from accelerated_fuzz_cases import *  # noqa: F401,F403  (every case, collected here on CUDA tensors)
