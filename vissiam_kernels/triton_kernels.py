@@ -234,21 +234,33 @@ def bessel_ratio_complement(nu, x, shift):
 
 
 @triton.jit
-def log_bessel_i_scaled(nu, x, shift):
-    """log I_nu(x) - nu log x, nu >= 0, x >= 0 (finite at x = 0).
+def log_bessel_i_scaled_and_ratio(nu, x, shift):
+    """(log I_nu(x) - nu log x, I_{nu+1}(x) / I_nu(x)) from one recurrence; nu >= 0, x >= 0.
 
-    L(nu) = L(nu + n) + sum_j log(2(nu+j+1) + x R_{nu+j+1}), n = ``shift``: no log x at all.
+    L(nu) = L(nu + n) + sum_j log D_j, D_j = 2(nu+j+1) + x R_{nu+j+1}, n = ``shift``, and the sum is
+    n log1p(x) + log prod_j D_j / (1 + x): each factor lies in [1/10, 2(nu + n)], so one log and no
+    overflow (header: log_bessel_i_scaled_and_ratio). The ratio runs R_k = x / D_k downward.
     """
     top = nu + shift
-    result = _olver_log_bessel_i_scaled(top, x)
+    log_scaled = _olver_log_bessel_i_scaled(top, x)
+    ratio = _olver_bessel_ratio(top, x)
     if shift > 0:
-        ratio = _olver_bessel_ratio(top, x)
+        scale = 1.0 / (1.0 + x)
+        product = scale * 0.0 + 1.0
         for jj in range(shift):
             j = shift - 1 - jj
             denominator = 2.0 * (nu + j + 1.0) + x * ratio
-            result += tl.log(denominator)
+            product *= denominator * scale
             ratio = x / denominator
-    return result
+        log_scaled += shift * log1p(x) + tl.log(product)
+    return log_scaled, ratio
+
+
+@triton.jit
+def log_bessel_i_scaled(nu, x, shift):
+    """log I_nu(x) - nu log x, nu >= 0, x >= 0 (finite at x = 0)."""
+    log_scaled, _ = log_bessel_i_scaled_and_ratio(nu, x, shift)
+    return log_scaled
 
 
 # ================================================================ normalizers (spherical_math.h)
@@ -333,8 +345,15 @@ def normalizer_quantity(kappa, dim, steps, FAMILY: tl.constexpr, QUANTITY: tl.co
         else:
             return vmf_d2log_normalizer(kappa, dim, steps)
     else:
-        entropy = -log_normalizer(kappa, dim, steps, FAMILY) + tl.where(
-            kappa == 0.0, 0.0, kappa * dlog_normalizer(kappa, dim, steps, FAMILY))
+        if FAMILY == POWER_SPHERICAL:
+            log_c = power_spherical_log_normalizer(kappa, dim, steps)
+            dlog_c = power_spherical_dlog_normalizer(kappa, dim, steps)
+        else:  # one Bessel recurrence for both
+            nu = 0.5 * dim - 1.0
+            log_scaled, ratio = log_bessel_i_scaled_and_ratio(nu, kappa, steps)
+            log_c = -(nu + 1.0) * LOG2PI - log_scaled
+            dlog_c = -ratio
+        entropy = -log_c + tl.where(kappa == 0.0, 0.0, kappa * dlog_c)
         if QUANTITY == 3:
             return entropy
         else:
@@ -373,8 +392,10 @@ def row_nll(cos, kappa, dim, steps, FAMILY: tl.constexpr):
         nll = -power_spherical_log_normalizer(kappa, dim, steps) - kappa * log1p_cos
         return nll, -power_spherical_dlog_normalizer(kappa, dim, steps) - log1p_cos
     else:
-        nll = -vmf_log_normalizer(kappa, dim, steps) - kappa * cos
-        return nll, bessel_ratio(0.5 * dim - 1.0, kappa, steps) - cos
+        # -log C_vMF and A_d(kappa) = -dlogC/dkappa from one Bessel recurrence
+        nu = 0.5 * dim - 1.0
+        log_scaled, ratio = log_bessel_i_scaled_and_ratio(nu, kappa, steps)
+        return (nu + 1.0) * LOG2PI + log_scaled - kappa * cos, ratio - cos
 
 
 # ================================================================ load / convert helpers

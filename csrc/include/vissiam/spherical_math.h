@@ -40,12 +40,6 @@ VISSIAM_HD double log_sphere_area(double dim) {
   return kLog2 + 0.5 * dim * kLogPi - ::lgamma(0.5 * dim);
 }
 
-struct Derivatives {
-  double value;   // log C
-  double first;   // d log C / d kappa
-  double second;  // d^2 log C / d kappa^2
-};
-
 VISSIAM_HD double power_spherical_log_normalizer(double kappa, double dim) {
   const double beta = 0.5 * (dim - 1.0);
   const double alpha = beta + kappa;
@@ -109,8 +103,17 @@ VISSIAM_HD double normalizer_quantity(int family, int quantity, double kappa, do
     case kLogNormalizerSecondDerivative:
       return d2log_normalizer(family, kappa, dim);
     default: {
-      const double entropy = -log_normalizer(family, kappa, dim) +
-                             (kappa == 0.0 ? 0.0 : kappa * dlog_normalizer(family, kappa, dim));
+      double log_c, dlog_c;
+      if (family == kPowerSpherical) {
+        log_c = power_spherical_log_normalizer(kappa, dim);
+        dlog_c = power_spherical_dlog_normalizer(kappa, dim);
+      } else {  // one Bessel recurrence for both
+        const double nu = 0.5 * dim - 1.0;
+        const LogBesselAndRatio bessel = log_bessel_i_scaled_and_ratio(nu, kappa);
+        log_c = -(nu + 1.0) * kLog2Pi - bessel.log_scaled;
+        dlog_c = -bessel.ratio;
+      }
+      const double entropy = -log_c + (kappa == 0.0 ? 0.0 : kappa * dlog_c);
       return quantity == kEntropy ? entropy : log_sphere_area(dim) - entropy;
     }
   }
@@ -137,9 +140,12 @@ VISSIAM_HD RowLoss row_loss(int family, double cos, double kappa, double dim) {
     out.dnll_dcos = floored ? 0.0 : -kappa / one_plus_cos;
     out.dnll_dkappa = -power_spherical_dlog_normalizer(kappa, dim) - log1p_cos;
   } else {
-    out.nll = -vmf_log_normalizer(kappa, dim) - kappa * cos;
+    // -log C_vMF and -dlogC/dkappa = A_d(kappa) from one Bessel recurrence
+    const double nu = 0.5 * dim - 1.0;
+    const LogBesselAndRatio bessel = log_bessel_i_scaled_and_ratio(nu, kappa);
+    out.nll = (nu + 1.0) * kLog2Pi + bessel.log_scaled - kappa * cos;
     out.dnll_dcos = -kappa;
-    out.dnll_dkappa = bessel_ratio(0.5 * dim - 1.0, kappa) - cos;
+    out.dnll_dkappa = bessel.ratio - cos;
   }
   return out;
 }
