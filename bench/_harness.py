@@ -52,6 +52,19 @@ def device_params(config) -> list:
     return params
 
 
+def provider_medians(info: dict, median: float) -> list[tuple[str, float]]:
+    """(provider, median seconds per call) pairs that one benchmark reports.
+
+    A benchmark names one ``provider`` (its median per call: the round's median over
+    ``calls_per_round``), or carries ``paired_medians`` {provider: seconds}: providers timed in
+    alternation inside one benchmark (bench_train_step.py's paired step), each its own median."""
+    if "paired_medians" in info:
+        return list(info["paired_medians"].items())
+    if "provider" in info:
+        return [(info["provider"], median / info.get("calls_per_round", 1))]
+    return []
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

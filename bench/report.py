@@ -23,7 +23,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _harness import FUSED_PREFERENCE  # noqa: E402
+from _harness import FUSED_PREFERENCE, provider_medians  # noqa: E402
 from conftest import TARGETS, check_targets  # noqa: E402  (bench/conftest.py: the one list of TARGETS)
 
 PROVIDER_ORDER = ("fused-cpu", "fused-triton", "fused-cuda", "compiled", "eager", "power_spherical_pkg",
@@ -36,11 +36,11 @@ def load(path: Path):
     rows = []
     for bench in data["benchmarks"]:
         info = bench.get("extra_info", {})
-        if "provider" not in info or not bench.get("stats"):
+        if not bench.get("stats"):
             continue
-        per_call = bench["stats"]["median"] / info.get("calls_per_round", 1)
-        rows.append({"group": info["comparison"], "provider": info["provider"], "median": per_call,
-                     "rounds": bench["stats"]["rounds"], "source": bench["fullname"].split("::")[0], **info})
+        for provider, per_call in provider_medians(info, bench["stats"]["median"]):
+            rows.append({**info, "group": info["comparison"], "provider": provider, "median": per_call,
+                         "rounds": bench["stats"]["rounds"], "source": bench["fullname"].split("::")[0]})
     return data, rows
 
 
@@ -125,12 +125,16 @@ def step_table(rows) -> list[str]:
         return []
     out = ["## Training step: the cost of uncertainty", "",
            "One SGD step (both views forward, loss, backward, update); overhead relative to SimSiam "
-           "with the same backbone (goal: vi_simsiam under +2%).", "",
+           "with the same backbone (goal: vi_simsiam under +2%). *paired*: the two models' steps "
+           "alternated in one benchmark, so drift and other load hit both alike (this row decides the "
+           "target); the other rows time each model on its own, one after the other.", "",
            "| configuration | simsiam ms | vi_simsiam ms (overhead) | vi_simsiam_eager_loss ms (overhead) |",
            "|---|---|---|---|"]
     for group, by in sorted(groups.items()):
         base = by.get("simsiam")
-        cells = [group.removeprefix("train_step "), ms(base["median"]) if base else "-"]
+        name = (group.removeprefix("train_step_paired ") + ", *paired*" if group.startswith("train_step_paired ")
+                else group.removeprefix("train_step "))
+        cells = [name, ms(base["median"]) if base else "-"]
         for p in ("vi_simsiam", "vi_simsiam_eager_loss"):
             if p in by and base:
                 cells.append(f"{ms(by[p]['median'])} ({100 * (by[p]['median'] / base['median'] - 1):+.1f}%)")
