@@ -1,7 +1,7 @@
 """The fuzz properties on CUDA tensors, for the Triton and the CUDA C++ backends (issue 8).
 
 Collects every case of tests/accelerated_fuzz_cases.py (properties in tests/fuzz_properties.py)
-at the CPU run's sizes and example counts. Marked ``gpu``: deselected without a CUDA device, run by
+at the CPU run's sizes, with fewer examples (see there). Marked ``gpu``: deselected without a CUDA device, run by
 bench/gpu_check.sh (stage ``fuzz``) on a lent GPU machine. The same properties run on the Triton
 backend through the interpreter in CI (tests/test_triton_interpreter.py).
 """
