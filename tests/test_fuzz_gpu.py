@@ -15,11 +15,12 @@ import torch
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 
-pytestmark = [
+GPU_MARKS = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs compiled kernels, not the interpreter"),
 ]
+pytestmark = GPU_MARKS
 
 
 def test_a_cuda_device_is_visible():
@@ -29,3 +30,7 @@ def test_a_cuda_device_is_visible():
 
 if ON_GPU:
     from accelerated_fuzz_cases import *  # noqa: F401,F403  (every case, collected here on CUDA tensors)
+    from accelerated_fuzz_cases import pytestmark as case_marks
+
+    # The star import replaced this module's pytestmark with the cases module's (see test_triton_gpu.py).
+    pytestmark = GPU_MARKS + [case_marks]

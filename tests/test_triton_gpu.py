@@ -11,12 +11,12 @@ import os
 import pytest
 import torch
 
-pytestmark = [
+GPU_MARKS = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
     pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs compiled kernels, not the interpreter"),
 ]
-
+pytestmark = GPU_MARKS
 
 
 def test_a_cuda_device_is_visible():
@@ -27,6 +27,11 @@ def test_a_cuda_device_is_visible():
 if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     from triton_cases import *  # noqa: F401,F403  (every case, collected here on CUDA tensors)
     from triton_cases import CODES, OPS, make_inputs, relative_gradient_error, triton_ops
+    from triton_cases import pytestmark as case_marks
+
+    # The star import brought the cases module's own pytestmark, which replaced this module's:
+    # without this line `pytest -m gpu` deselected every case (tests/test_gpu_collection.py).
+    pytestmark = GPU_MARKS + [case_marks]
 
     import vissiam_kernels as vk
     from vissiam_kernels import reference
