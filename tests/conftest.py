@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,15 @@ def pytest_collection_modifyitems(config, items):
         items[:] = [item for item in items if not item.get_closest_marker("gpu")]
         config.hook.pytest_deselected(items=gpu)
         config._vissiam_gpu_deselected = len(gpu)
+
+
+# Marks of the modules that collect the shared cases on CUDA tensors (tests/test_triton_gpu.py,
+# tests/test_fuzz_gpu.py): deselected without CUDA, and not under the Triton interpreter.
+GPU_COLLECTOR_MARKS = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs compiled kernels, not the interpreter"),
+]
 
 
 def pytest_report_header(config):

@@ -10,16 +10,12 @@ from __future__ import annotations
 
 import os
 
-import pytest
 import torch
 
 ON_GPU = torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1"
 
-GPU_MARKS = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs compiled kernels, not the interpreter"),
-]
+from conftest import GPU_COLLECTOR_MARKS as GPU_MARKS
+
 pytestmark = GPU_MARKS
 
 

@@ -11,11 +11,8 @@ import os
 import pytest
 import torch
 
-GPU_MARKS = [
-    pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
-    pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") == "1", reason="runs compiled kernels, not the interpreter"),
-]
+from conftest import GPU_COLLECTOR_MARKS as GPU_MARKS
+
 pytestmark = GPU_MARKS
 
 
