@@ -117,6 +117,26 @@ def test_half_integer_order_has_a_closed_form(special):
     assert abs(special("bessel_ratio", 0.5, x) - (1 / np.tanh(x) - 1 / x)) < 1e-14
 
 
+def test_order_one_half_closed_form_to_machine_precision(special):
+    """d = 3 (nu = 1/2) is evaluated in closed form (log sinh(x)/x and the Langevin function coth x - 1/x,
+    by its series below x = 1/2): within a few ulps of 50-digit values on both sides of each switch
+    (x = 1/2 and 1), for tiny and huge x, and it agrees with the general recurrence (nu = 1/2 + 1e-15)."""
+    xs = [1e-300, 1e-20, 1e-8, 1e-4, 0.01, 0.3, 0.4999999, 0.5, 0.5000001, 0.7, 0.9999999, 1.0, 1.0000001,
+          2.0, 17.0, 1e3, 1e7, 1e12, 1e300]
+    log_scaled = special("log_bessel_i_scaled", 0.5, xs)
+    ratio = special("bessel_ratio", 0.5, xs)
+    for x, ours_log, ours_ratio in zip(xs, log_scaled, ratio):
+        big_x = mpmath.mpf(x)
+        # log I_{1/2}(x) - log(x)/2 = log(2/pi)/2 + x + log((1 - e^{-2x}) / (2x)); the Langevin function
+        # by its own series where 50 digits cannot hold coth x - 1/x
+        exact_log = mpmath.log(2 / mpmath.pi) / 2 + big_x + mpmath.log(-mpmath.expm1(-2 * big_x) / (2 * big_x))
+        exact_ratio = (big_x / 3 - big_x**3 / 45 if x < 1e-6 else mpmath.coth(big_x) - 1 / big_x)
+        assert abs(ours_log - float(exact_log)) <= 1e-15 * max(1.0, abs(float(exact_log))), x
+        assert abs(ours_ratio - float(exact_ratio)) <= 2e-15 * float(exact_ratio), x
+    near = special("bessel_ratio", 0.5 + 1e-15, xs[:-1])  # the general 30-step recurrence
+    np.testing.assert_allclose(ratio[:-1], near, rtol=1e-13)
+
+
 def test_unknown_special_function_name_is_a_clear_error(special):
     with pytest.raises(ValueError, match="unknown special function"):
         special("not_a_function", 1.0, 1.0)
