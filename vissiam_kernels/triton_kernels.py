@@ -21,10 +21,10 @@ agree to rounding. Differences forced by Triton:
   log |S^{d-1}|) are computed here in float64. Float literals are exact in arithmetic with
   float64 tensors, but one passed to ``tl.where`` / ``tl.maximum`` becomes a float32 constant
   first (1e-12 -> 9.99999996e-13): such constants go through ``_f64_like``.
-- d = 3 (nu = 1/2): the header evaluates log I and the ratio in closed form (sinh, coth); the port
-  keeps the general 30-step recurrence, whose values agree with it to ~1e-15. A per-element
-  ``tl.where`` would compute both paths, and a scalar branch would not serve the elementwise nu of
-  ``special_function_kernel``; on the CPU the closed form took the d = 3 rows from 250 to 30 ns.
+- d = 3 (nu = 1/2): the header's closed form (log sinh(x)/x, coth x - 1/x) is selected with a
+  per-element ``tl.where`` after the general recurrence, which is evaluated too: nu is elementwise
+  in ``special_function_kernel``, so a scalar branch cannot serve every caller. The values are the
+  header's; the CPU's time saving is not taken on the GPU.
 - Module constants are ``tl.constexpr(...)`` objects: the compiler, unlike the interpreter,
   rejects annotated globals (tests/test_triton_compile.py compiles every kernel for sm_80 and
   sm_90 without a GPU, so such differences surface in CI).
@@ -55,6 +55,9 @@ DOUBLE_MAX = tl.constexpr(1.7976931348623157e308)
 HYPOT_SCALE_THRESHOLD = tl.constexpr(1e150)
 
 # Family and quantity codes (spherical_math.h; vissiam_kernels/_ops.py).
+# log(2/pi)/2: I_{1/2}(x) = sqrt(2 / (pi x)) sinh x (special_functions.h).
+HALF_LOG_TWO_OVER_PI = tl.constexpr(-0.2257913526447274323631)
+
 COSINE = tl.constexpr(0)
 VON_MISES_FISHER = tl.constexpr(1)
 POWER_SPHERICAL = tl.constexpr(2)
@@ -211,6 +214,31 @@ def _olver_bessel_ratio_complement(nu, x):
 
 
 @triton.jit
+def _log_sinh_over_x(x):
+    """log(sinh(x) / x), x >= 0 (header: detail::log_sinh_over_x): the quotient kept whole below 1."""
+    zero = x == 0.0
+    safe = tl.where(zero, 1.0, x)
+    tail = -expm1(-2.0 * safe)
+    below_one = safe + tl.log(tail / (2.0 * safe))
+    above_one = safe + tl.log(tail) - LOG2 - tl.log(safe)
+    return tl.where(zero, 0.0, tl.where(x < 1.0, below_one, above_one))
+
+
+@triton.jit
+def _langevin(x):
+    """coth x - 1/x, x >= 0 (header: detail::langevin): its Taylor series below 1/2."""
+    x2 = x * x
+    series = x * (1.0 / 3 + x2 * (-0.022222222222222223 + x2 * (0.0021164021164021165 +
+                 x2 * (-0.00021164021164021165 + x2 * (2.1377799155576935e-05 +
+                 x2 * (-2.1644042808063972e-06 + x2 * (2.1925947851873778e-07 +
+                 x2 * (-2.2214608789979678e-08 + x2 * (2.2507846516808994e-09 +
+                 x2 * (-2.2805151204592183e-10))))))))))
+    safe = tl.where(x < 0.5, 1.0, x)
+    closed = (1.0 + tl.exp(-2.0 * safe)) / -expm1(-2.0 * safe) - 1.0 / safe
+    return tl.where(x < 0.5, series, closed)
+
+
+@triton.jit
 def bessel_ratio(nu, x, shift):
     """I_{nu+1}(x) / I_nu(x), nu >= 0, x >= 0; ``shift`` = unit steps from nu up to the Olver range.
 
@@ -220,7 +248,7 @@ def bessel_ratio(nu, x, shift):
     for jj in range(shift):
         j = shift - 1 - jj
         ratio = x / (2.0 * (nu + j + 1.0) + x * ratio)
-    return ratio
+    return tl.where(nu == 0.5, _langevin(x), ratio)  # d = 3: closed form
 
 
 @triton.jit
@@ -257,7 +285,9 @@ def log_bessel_i_scaled_and_ratio(nu, x, shift):
             product *= denominator * scale
             ratio = x / denominator
         log_scaled += shift * log1p(x) + tl.log(product)
-    return log_scaled, ratio
+    half = nu == 0.5  # d = 3: closed form
+    log_scaled = tl.where(half, HALF_LOG_TWO_OVER_PI + _log_sinh_over_x(x), log_scaled)
+    return log_scaled, tl.where(half, _langevin(x), ratio)
 
 
 @triton.jit
