@@ -285,6 +285,8 @@ VISSIAM_HD LogBesselAndRatio log_bessel_i_scaled_and_ratio(double nu, double x) 
 
 // log I_nu(x) - nu log x for nu >= 0, x >= 0 (at x = 0: -nu log 2 - lgamma(nu+1)).
 VISSIAM_HD double log_bessel_i_scaled(double nu, double x) {
+  // In the Olver range the ratio is not needed (the vMF log-normalizer alone, e.g. for the KL term)
+  if (nu >= kOlverMinOrder) return detail::olver_log_bessel_i_scaled(nu, x);
   return log_bessel_i_scaled_and_ratio(nu, x).log_scaled;
 }
 
