@@ -1,6 +1,9 @@
 // Op schemas of the vissiam_kernels namespace. Implementations register per
-// dispatch key (csrc/cpu for CPU, csrc/cuda for CUDA); fake tensors and
-// autograd are registered from Python (vissiam_kernels/_ops.py).
+// dispatch key (csrc/cpu for CPU, csrc/cuda for CUDA). spherical_loss, the op of
+// the public losses, has its autograd in C++ (csrc/loss_autograd.cpp); the other
+// ops' autograd and every op's fake kernel are registered from Python
+// (vissiam_kernels/_ops.py). Codes (family, quantity, reduction) and the row-state
+// columns: csrc/include/vissiam/op_codes.h.
 #include <torch/library.h>
 
 TORCH_LIBRARY(vissiam_kernels, m) {
@@ -23,19 +26,22 @@ TORCH_LIBRARY(vissiam_kernels, m) {
   // 3 entropy, 4 KL to the uniform distribution. Output: kappa's shape, float32
   // (float64 for float64 kappa).
   m.def("normalizer_quantity(Tensor kappa, int dim, int family, int quantity) -> Tensor");
-  // The minimum-traffic training form of spherical_nll (CPU C++ and Triton; see
-  // vissiam_kernels/_fused_training.py): the same outputs, and in the same pass
-  // over the rows the input gradients for the upstream gradient grad_weight per
-  // row: grad_mu[v] = grad_weight * dNLL/dmu[v] (if grad_mu), the same for
-  // target; applied (sum B_v,) float64 records the weight each row holds.
-  m.def("spherical_nll_with_grad(Tensor[] mu, Tensor[] target, Tensor[] kappa, int family,"
-        " float grad_weight, bool grad_mu, bool grad_target)"
-        " -> (Tensor nll, Tensor row_state, Tensor[] grad_mu, Tensor[] grad_target, Tensor applied)");
-  // In place: every row r of the gradient buffers (rows numbered across views)
-  // whose applied[r] differs from upstream[r] is scaled by upstream[r] / applied[r],
-  // and applied[r] becomes upstream[r]; rows already right are not touched.
-  m.def("rescale_rows_(Tensor(a!)[] grad_mu, Tensor(b!)[] grad_target, Tensor(c!) applied,"
-        " Tensor upstream) -> ()");
+  // The loss of the public API in one call (autograd in csrc/loss_autograd.cpp):
+  //   out[r] = (1/V) sum_v [NLL(target[v][r] | mu[v][r], kappa[v][r]) + kl_weight KL(q_v[r] || U)]
+  // reduced by `reduction` (0 none: out, of the rows' shape; 1 mean; 2 sum). mu[v], target[v]:
+  // (..., D) as the user gave them (normalized inside, F.normalize semantics; promoted to one
+  // dtype); kappa[v]: the rows' shape, that shape + (1,), or 0-dim (one for every row); no kappa
+  // for the cosine family. All views share one shape. `names` names the arguments in errors:
+  // three per view ("mu target kappa", "p1 z2 kappa1 p2 z1 kappa2"). Output dtype: op_codes.h.
+  m.def("spherical_loss(Tensor[] mu, Tensor[] target, Tensor[] kappa, int family, int reduction,"
+        " float kl_weight, str names) -> Tensor");
+  // The same loss over canonical views (mu[v], target[v]: (B, D); kappa[v]: (B,)), and per row the
+  // gradient coefficients of the output (row_gradient: (V B, 4) float64, RowStateColumn order,
+  // the reduction's weight included). With grad_mu / grad_target it also writes, in the same pass
+  // over the rows, the input gradients of the output: grad_mu[v] = dOut/dmu[v], (B, D) in mu's dtype.
+  m.def("spherical_loss_forward(Tensor[] mu, Tensor[] target, Tensor[] kappa, int family, int reduction,"
+        " float kl_weight, bool grad_mu, bool grad_target)"
+        " -> (Tensor loss, Tensor row_gradient, Tensor[] grad_mu, Tensor[] grad_target)");
   // The header's special functions elementwise on float64 tensors a, b (same
   // shape), for testing the shared math through the CPU build: name is one of
   // lgamma_difference(a, b), digamma_difference(a, b), trigamma_difference(a, b),

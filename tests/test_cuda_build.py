@@ -21,10 +21,12 @@ from vissiam_kernels import _cuda_extension, _dispatch, _extension
 
 CI_ARCH = os.environ.get("VISSIAM_CI_CUDA_ARCH", "9.0")
 SOURCES = _extension.source_dir()
-# Every op of the schema file needs a CUDA kernel, except the minimum-traffic training ops
-# (CPU C++ and Triton only so far; CUDA tensors on the cuda backend take the op-schema path).
-TRAINING_OPS = ("spherical_nll_with_grad", "rescale_rows_")
-OPS = tuple(op for op in re.findall(r'm\.def\("(\w+)\(', (SOURCES / "ops.cpp").read_text()) if op not in TRAINING_OPS)
+# Every op of the schema file needs a CUDA kernel, except the loss ops that csrc/loss_autograd.cpp
+# serves on every device (spherical_loss; spherical_loss_forward, fused on the CPU key, composed of
+# the per-row ops elsewhere: its CompositeExplicitAutograd kernel).
+COMPOSED_OPS = ("spherical_loss", "spherical_loss_forward")
+FUSED_CPU_OPS = ("spherical_loss_forward",)
+OPS = tuple(op for op in re.findall(r'm\.def\("(\w+)\(', (SOURCES / "ops.cpp").read_text()) if op not in COMPOSED_OPS)
 
 
 def _nvcc_absent_reason() -> str | None:
@@ -64,7 +66,9 @@ def test_cuda_source_serves_every_op_and_special_function_of_the_cpu_source():
     cuda = "\n".join(path.read_text() for path in sorted((SOURCES / "cuda").glob("*.cu")))
     assert {"spherical_nll", "scaled_row_combination", "normalizer_quantity"} <= set(OPS)
     impl = r'm\.impl\("(\w+)"'
-    assert set(re.findall(impl, cuda)) == set(OPS) == set(re.findall(impl, cpu)) - set(TRAINING_OPS)
+    assert set(re.findall(impl, cuda)) == set(OPS) == set(re.findall(impl, cpu)) - set(FUSED_CPU_OPS)
+    composite = (SOURCES / "loss_autograd.cpp").read_text()
+    assert set(COMPOSED_OPS) <= set(re.findall(impl, composite))
     # special-function names come from one table that both sources include
     for source in (cpu, cuda):
         assert '#include "vissiam/special_function_table.h"' in source

@@ -1,6 +1,6 @@
-"""The minimum-traffic training path on CPU (vissiam_kernels/_fused_training.py + the C++ ops
-spherical_nll_with_grad / rescale_rows_): exact gradients for any upstream gradient, and the
-gradient written in the forward pass handed to autograd without another pass."""
+"""The training path of the public losses on CPU (csrc/loss_autograd.cpp, the op spherical_loss):
+exact gradients for any upstream gradient, the gradient written in the forward pass handed to
+autograd without another pass, and the op's registration (opcheck, one autograd node)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import vissiam_kernels as vk
-from vissiam_kernels import _extension, _fused_training, reference
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from vissiam_kernels import _codes, _extension, reference
 
 
 @pytest.fixture(autouse=True)
@@ -47,22 +49,46 @@ def test_gradients_are_exact_for_any_upstream_gradient(distribution, upstream, r
     assert torch.allclose(kappa.grad, grad_kappa, rtol=1e-10, atol=1e-14)
 
 
-def test_the_forward_gradient_buffer_becomes_p_grad(monkeypatch):
-    """No pass over (B, D) in backward: p.grad is the very buffer the forward kernel wrote."""
-    p, z, kappa = inputs(dtype=torch.float32)
-    cpu_kernels = _fused_training.kernels_for("cpu")
-    seen = {}
+class OpLog(TorchDispatchMode):
+    """The ops dispatched while active (ours called from C++ included) that touch a tensor of at least
+    ``min_numel`` elements: a pass over the (B, D) rows. Views (metadata only) are not passes; a
+    ``detach`` is AccumulateGrad taking the gradient buffer itself as p.grad."""
 
-    def spying_forward(*args):
-        out = cpu_kernels.forward(*args)
-        seen["buffer"] = out[2][0].data_ptr()
+    METADATA_ONLY = ("view", "detach", "alias", "_unsafe_view")
+
+    def __init__(self, min_numel: int):
+        super().__init__()
+        self.min_numel = min_numel
+        self.names = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        tensors = [t for t in torch.utils._pytree.tree_leaves((args, kwargs, out)) if isinstance(t, torch.Tensor)]
+        if any(t.numel() >= self.min_numel for t in tensors) and func.overloadpacket.__name__ not in self.METADATA_ONLY:
+            self.names.append(str(func.overloadpacket).split(".")[-1])
         return out
 
-    import dataclasses
 
-    monkeypatch.setitem(_fused_training._KERNELS, "cpu", dataclasses.replace(cpu_kernels, forward=spying_forward))
-    vk.power_spherical_loss(p, z, kappa).backward()
-    assert p.grad.data_ptr() == seen["buffer"]
+@pytest.mark.parametrize("distribution", ["power_spherical", "vmf", "none"])
+def test_vi_simsiam_loss_backward_does_no_pass_over_the_rows(distribution):
+    """loss.backward() of a mean loss: the gradient buffers the forward wrote are p.grad as they are
+    (no rescale, no copy); the kappa gradients are written directly."""
+    p1, z1, k1 = inputs(rows=64, dim=256, dtype=torch.float32, seed=1)
+    p2, z2, k2 = inputs(rows=64, dim=256, dtype=torch.float32, seed=2)
+    kappas = (None, None) if distribution == "none" else (k1, k2)
+    loss = vk.vi_simsiam_loss(p1, p2, z1, z2, *kappas, distribution=distribution)
+    with OpLog(min_numel=64 * 256) as log:
+        loss.backward()
+    assert log.names == [], log.names
+    assert p1.grad is not None and p2.grad is not None and p1.grad.is_contiguous()
+
+
+def test_a_scaled_loss_costs_one_in_place_pass():
+    p, z, kappa = inputs(dtype=torch.float32)
+    loss = vk.power_spherical_loss(p, z, kappa)
+    with OpLog(min_numel=p.numel()) as log:
+        (4.0 * loss).backward()
+    assert log.names == ["mul_"], log.names
 
 
 def test_vi_simsiam_loss_gradients_with_both_views_and_kl():
@@ -75,12 +101,16 @@ def test_vi_simsiam_loss_gradients_with_both_views_and_kl():
         assert torch.allclose(ours.grad, expected.grad, rtol=1e-10, atol=1e-14)
 
 
-def test_retain_graph_gives_the_same_gradient_twice():
+@pytest.mark.parametrize("order", [(2.0, 1.0), (1.0, 2.0)])
+def test_retain_graph_gives_the_same_gradient_twice(order):
+    """A gradient handed out while the graph is kept never changes when the last backward scales."""
     p, z, kappa = inputs()
     loss = vk.vmf_loss(p, z, kappa)
-    (first,) = torch.autograd.grad(2.0 * loss, p, retain_graph=True)
-    (second,) = torch.autograd.grad(loss, p)
-    assert torch.allclose(first, 2.0 * second, rtol=1e-14)
+    (first,) = torch.autograd.grad(order[0] * loss, p, retain_graph=True)
+    kept = first.clone()
+    (second,) = torch.autograd.grad(order[1] * loss, p)
+    assert torch.equal(first, kept)
+    assert torch.allclose(first / order[0], second / order[1], rtol=1e-14)
 
 
 def test_target_gradients_through_the_nll():
@@ -92,17 +122,6 @@ def test_target_gradients_through_the_nll():
     assert torch.allclose(z.grad, z64.grad, rtol=1e-10, atol=1e-14)
 
 
-@pytest.mark.parametrize("eager_function", [True, False])
-def test_function_and_op_wrappers_agree(eager_function):
-    p, z, kappa = inputs()
-    kernels = _fused_training.kernels_for("cpu")
-    weight = _fused_training.predicted_upstream_weight("mean", 6, 1.0, torch.float64)
-    nll = _fused_training.spherical_nll_training(kernels, [p], [z], [kappa], 2, weight, eager_function=eager_function)
-    nll.mean().backward()
-    grad_p, grad_kappa = reference_grads(lambda a, b, c: reference.power_spherical_nll(a, b, c), p, z, kappa)
-    assert torch.allclose(p.grad, grad_p, rtol=1e-10) and torch.allclose(kappa.grad, grad_kappa, rtol=1e-10)
-
-
 def test_double_backward_is_refused_with_a_clear_error():
     p, z, kappa = inputs()
     loss = vk.vmf_loss(p, z, kappa)
@@ -110,25 +129,23 @@ def test_double_backward_is_refused_with_a_clear_error():
         torch.autograd.grad(loss, p, create_graph=True)
 
 
-def test_opcheck_training_ops():
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("family", ["none", "vmf", "power_spherical"])
+def test_opcheck_spherical_loss(family, reduction):
+    p1, z1, k1 = inputs(seed=1)
+    p2, z2, k2 = inputs(seed=2)
+    code = _codes.FAMILY_CODES[family]
+    kappa = [] if family == "none" else [k1, k2]
+    kl_weight = 0.0 if family == "none" else 0.1
+    torch.library.opcheck(torch.ops.vissiam_kernels.spherical_loss.default,
+                          ([p1, p2], [z2, z1], kappa, code, _codes.REDUCTION_CODES[reduction], kl_weight, "p1 z2 k1 p2 z1 k2"))
+
+
+@pytest.mark.parametrize("grads", [(False, False), (True, False), (True, True)])
+def test_opcheck_spherical_loss_forward(grads):
     p, z, kappa = inputs()
-    ops = torch.ops.vissiam_kernels
-    torch.library.opcheck(ops.spherical_nll_with_grad.default, ([p.detach()], [z], [kappa.detach()], 2, 0.25, True, False))
-    grads = [torch.randn(6, 33, dtype=torch.float64)]
-    applied = torch.full((6,), 0.25, dtype=torch.float64)
-    torch.library.opcheck(ops.rescale_rows_.default, (grads, [], applied, torch.rand(6, dtype=torch.float64)),
-                          test_utils=("test_schema", "test_faketensor"))
-
-
-def test_rescale_rows_touches_only_rows_that_differ():
-    grads = torch.randn(4, 8, dtype=torch.float64)
-    before = grads.clone()
-    applied = torch.full((4,), 0.5, dtype=torch.float64)
-    upstream = torch.tensor([0.5, 1.0, 0.5, -0.25], dtype=torch.float64)
-    torch.ops.vissiam_kernels.rescale_rows_([grads], [], applied, upstream)
-    assert torch.equal(grads[0], before[0]) and torch.equal(grads[2], before[2])
-    assert torch.allclose(grads[1], 2 * before[1]) and torch.allclose(grads[3], -0.5 * before[3])
-    assert torch.equal(applied, upstream)
+    torch.library.opcheck(torch.ops.vissiam_kernels.spherical_loss_forward.default,
+                          ([p.detach()], [z], [kappa.detach()], 2, 1, 0.0, *grads))
 
 
 def test_float16_with_a_gradscaler_upstream_keeps_its_small_gradients():

@@ -11,8 +11,9 @@
 (``AUTO_ORDER``) and falls back to the reference with a one-time warning; a
 backend named explicitly that cannot run is an error (BackendUnavailableError).
 ``last_backend()`` tells tests which implementation served the most recent call.
-Every compiled backend exposes the three ops of csrc/ops.cpp with the same
-schemas, in the namespace given by ``op_namespace``.
+The decision is cached per (VISSIAM_BACKEND, device type): a call costs one dict lookup.
+The C++ backends (``CXX_BACKENDS``) serve the public losses through the op
+``vissiam_kernels::spherical_loss``; Triton and the reference through ``_composed``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import warnings
 import torch
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+CXX_BACKENDS = ("cpu", "cuda")
 
 # Which compiled backends serve which device type, in auto's order of preference. On CUDA,
 # Triton comes first because its training path moves 3S per step (read p, z; write grad_p) where
@@ -43,6 +45,7 @@ _BACKEND_MODULES = {
 _BACKEND_DEVICES = {"cpu": ("cpu",), "cuda": ("cuda",), "triton": ("cuda", "cpu")}
 
 _state = {"last": None, "warned": set(), "available": set()}
+_decided: dict[tuple[str | None, str], str] = {}  # (VISSIAM_BACKEND, device type) -> backend
 
 
 class BackendUnavailableError(RuntimeError):
@@ -110,7 +113,12 @@ def select_backend(device: torch.device) -> str:
     """The backend for tensors on ``device``. Under ``torch.compile`` it is chosen once, at tracing."""
     if torch.compiler.is_compiling():
         return _select_for_compile(device.type)
-    backend = _select(device.type)
+    key = (os.environ.get("VISSIAM_BACKEND"), device.type)
+    backend = _decided.get(key)
+    if backend is None:
+        backend = _select(device.type)
+        if backend != "reference" or requested_backend() == "reference":  # a fallback is retried next time
+            _decided[key] = backend
     _state["last"] = backend
     return backend
 

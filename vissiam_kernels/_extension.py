@@ -61,7 +61,7 @@ def load_cpu_library() -> None:
         _log(f"compiling the CPU kernels (first use, about a minute) into {build_dir}")
     cpp_extension.load(
         name=name,
-        sources=[str(src / "ops.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp")],
+        sources=[str(src / "ops.cpp"), str(src / "loss_autograd.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp")],
         extra_include_paths=[str(src / "include")],
         # -fopenmp: at::parallel_for is inline OpenMP in the ATen headers; without it rows run serially
         extra_cflags=cflags,
@@ -74,10 +74,4 @@ def load_cpu_library() -> None:
 
     _ops.register_fake_kernels("vissiam_kernels")
     _ops.register_autograd("vissiam_kernels")
-    from . import _fused_training
-
-    ops = torch.ops.vissiam_kernels
-    _fused_training.register(
-        "cpu", _fused_training.FusedKernels("vissiam_kernels", ops.spherical_nll_with_grad, ops.rescale_rows_)
-    )
 

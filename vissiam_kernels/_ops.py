@@ -1,9 +1,13 @@
 """Fake-tensor and autograd registration of the compiled ops (schemas in csrc/ops.cpp).
 
-Gradients: the forward kernel already leaves, per row, the coefficients of
-dNLL/dmu = mu_coef * mu + cross_coef * target (and the same for target), so the
-backward is one fused pass (``scaled_row_combination``) that reads mu and target
-once and writes the gradient; nothing of size (B, D) is saved besides the inputs.
+``spherical_loss`` (the public losses) has its autograd in C++ (csrc/loss_autograd.cpp); here are
+the fake kernels of every op, for torch.compile, and the autograd of the per-row ops
+``spherical_nll`` and ``normalizer_quantity``, which every backend with those schemas shares.
+
+Gradients of ``spherical_nll``: the forward kernel already leaves, per row, the coefficients of
+dNLL/dmu = mu_coef * mu + cross_coef * target (and the same for target), so the backward is one
+fused pass (``scaled_row_combination``) that reads mu and target once and writes the gradient;
+nothing of size (B, D) is saved besides the inputs.
 """
 
 from __future__ import annotations
@@ -12,41 +16,40 @@ import functools
 
 import torch
 
-FAMILY_CODES = {"none": 0, "vmf": 1, "power_spherical": 2}
-QUANTITY_CODES = {"log_normalizer": 0, "dlog_normalizer": 1, "d2log_normalizer": 2, "entropy": 3, "kl_uniform": 4}
+from ._codes import FAMILY_CODES, QUANTITY_CODES, REDUCTION_CODES, ROW_STATE, ROW_STATE_COLUMNS, loss_dtype
 
-
-def _loss_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+__all__ = ["FAMILY_CODES", "QUANTITY_CODES", "register_autograd", "register_fake_kernels"]
 
 
 def _nll_fake(mu, target, kappa, family):
     rows = sum(m.shape[0] for m in mu)
     return (
-        mu[0].new_empty((rows,), dtype=_loss_dtype(*mu, *kappa)),
-        mu[0].new_empty((rows, 4), dtype=torch.float64),
+        mu[0].new_empty((rows,), dtype=loss_dtype(*mu, *kappa)),
+        mu[0].new_empty((rows, ROW_STATE_COLUMNS), dtype=torch.float64),
     )
+
+
+def _loss_fake(mu, target, kappa, family, reduction, kl_weight, names):
+    shape = mu[0].shape[:-1] if reduction == REDUCTION_CODES["none"] else ()
+    dtype = loss_dtype(*mu, *target, *kappa)
+    return mu[0].new_empty(shape, dtype=dtype)
+
+
+def _loss_forward_fake(mu, target, kappa, family, reduction, kl_weight, grad_mu, grad_target):
+    views, rows = len(mu), mu[0].shape[0]
+    loss = mu[0].new_empty((rows,) if reduction == REDUCTION_CODES["none"] else (), dtype=loss_dtype(*mu, *kappa))
+    row_gradient = mu[0].new_empty((views * rows, ROW_STATE_COLUMNS), dtype=torch.float64)
+    out_mu = [torch.empty_like(m, memory_format=torch.contiguous_format) for m in mu] if grad_mu else []
+    out_target = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in target] if grad_target else []
+    return loss, row_gradient, out_mu, out_target
 
 
 def _combination_fake(scale, coef_x, coef_y, x, y):
     return [torch.empty_like(v, memory_format=torch.contiguous_format) for v in x]
 
 
-def _nll_with_grad_fake(mu, target, kappa, family, grad_weight, grad_mu, grad_target):
-    nll, state = _nll_fake(mu, target, kappa, family)
-    rows = nll.shape[0]
-    out_mu = [torch.empty_like(m, memory_format=torch.contiguous_format) for m in mu] if grad_mu else []
-    out_target = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in target] if grad_target else []
-    applied = mu[0].new_empty((rows if grad_mu or grad_target else 0,), dtype=torch.float64)
-    return nll, state, out_mu, out_target, applied
-
-
-def _rescale_rows_fake(grad_mu, grad_target, applied, upstream):
-    return None
-
-
 def _quantity_fake(kappa, dim, family, quantity):
-    return torch.empty_like(kappa, dtype=torch.float64 if kappa.dtype == torch.float64 else torch.float32)
+    return torch.empty_like(kappa, dtype=loss_dtype(kappa))
 
 
 def _nll_setup_context(ctx, inputs, output):
@@ -69,12 +72,13 @@ def _nll_backward(ops, ctx, grad_nll, grad_row_state):
     grad_kappa = [None] * len(ctx.kappa_dtypes)
     if grad_nll is None:
         return grad_mu, grad_target, grad_kappa, None
+    cross = row_state[:, ROW_STATE["cross_coef"]]
     if any(_as_list(needs_mu)):
-        grad_mu = ops.scaled_row_combination(grad_nll, row_state[:, 0], row_state[:, 2], mu, target)
+        grad_mu = ops.scaled_row_combination(grad_nll, row_state[:, ROW_STATE["mu_coef"]], cross, mu, target)
     if any(_as_list(needs_target)):
-        grad_target = ops.scaled_row_combination(grad_nll, row_state[:, 1], row_state[:, 2], target, mu)
+        grad_target = ops.scaled_row_combination(grad_nll, row_state[:, ROW_STATE["target_coef"]], cross, target, mu)
     if ctx.kappa_dtypes and any(_as_list(needs_kappa)):
-        per_row = grad_nll.to(torch.float64) * row_state[:, 3]
+        per_row = grad_nll.to(torch.float64) * row_state[:, ROW_STATE["kappa_grad"]]
         grad_kappa = [g.to(dt) for g, dt in zip(per_row.split(ctx.rows), ctx.kappa_dtypes)]
     return grad_mu, grad_target, grad_kappa, None
 
@@ -109,8 +113,8 @@ def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
     torch.library.register_fake(f"{namespace}::spherical_nll")(_nll_fake)
     torch.library.register_fake(f"{namespace}::scaled_row_combination")(_combination_fake)
     torch.library.register_fake(f"{namespace}::normalizer_quantity")(_quantity_fake)
-    torch.library.register_fake(f"{namespace}::spherical_nll_with_grad")(_nll_with_grad_fake)
-    torch.library.register_fake(f"{namespace}::rescale_rows_")(_rescale_rows_fake)
+    torch.library.register_fake(f"{namespace}::spherical_loss")(_loss_fake)
+    torch.library.register_fake(f"{namespace}::spherical_loss_forward")(_loss_forward_fake)
 
 
 @functools.cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import numbers
 
 import torch
@@ -20,6 +21,14 @@ def check_distribution(distribution, allowed=DISTRIBUTIONS) -> str:
     if distribution not in allowed:
         raise ValueError(f"distribution must be one of {allowed}; got {distribution!r}")
     return distribution
+
+
+def check_kl_weight(kl_weight: float, family: int) -> None:
+    """kl_weight finite and >= 0, and 0 for the cosine family (code 0); the messages of op_checks.h."""
+    if not (math.isfinite(kl_weight) and kl_weight >= 0.0):
+        raise ValueError(f"kl_weight must be finite and >= 0; got {kl_weight}")
+    if family == 0 and kl_weight != 0.0:
+        raise ValueError("kl_weight needs a distribution; distribution='none' has no KL term")
 
 
 def check_dim(dim) -> int:

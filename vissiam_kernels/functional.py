@@ -10,20 +10,15 @@ An empty batch gives what torch's reductions give: NaN for "mean", 0 for "sum".
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 
-from . import _dispatch, _fused_training, reference
-from ._validation import (
-    DISTRIBUTIONS,
-    check_dim,
-    check_distribution,
-    check_kappa,
-    check_kappa_values,
-    check_reduction,
-    check_vectors,
-)
+from . import _composed, _dispatch
+from ._codes import FAMILY_CODES, REDUCTION_CODES
+from ._validation import DISTRIBUTIONS, REDUCTIONS, check_dim, check_distribution
 
-from ._ops import FAMILY_CODES as _FAMILY_CODES, QUANTITY_CODES as _QUANTITY_CODES
+_COSINE = FAMILY_CODES["none"]
 
 
 # ---------------------------------------------------------------- normalizers
@@ -33,12 +28,7 @@ def _normalizer_quantity(kappa, dim: int, family: str, quantity: str) -> torch.T
         kappa = torch.as_tensor(kappa, dtype=torch.get_default_dtype())
     if not kappa.is_floating_point():
         raise TypeError(f"kappa must have a floating dtype; got {kappa.dtype}")
-    backend = _dispatch.select_backend(kappa.device)
-    if backend == "reference":
-        check_kappa_values("kappa", kappa)
-        return getattr(reference, f"{family}_{quantity}")(kappa, dim)
-    ops = _dispatch.op_namespace(backend)
-    return ops.normalizer_quantity(kappa, dim, _FAMILY_CODES[family], _QUANTITY_CODES[quantity])
+    return _composed.normalizer_quantity(_dispatch.select_backend(kappa.device), kappa, dim, family, quantity)
 
 
 def power_spherical_log_normalizer(kappa: torch.Tensor, dim: int) -> torch.Tensor:
@@ -75,50 +65,34 @@ def vmf_kl_uniform(kappa: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------- likelihoods
-def _nll_per_row(views, family: str, reduction: str = "none", view_factor: float = 1.0) -> list[torch.Tensor]:
-    """Per-row NLL of each view (mu, target, kappa or None, rows_shape) -> list of (rows_shape) tensors.
-
-    ``reduction`` and ``view_factor`` say how the caller will reduce the rows (mean/sum, times
-    view_factor), so that the Triton training path can write the gradient during the forward pass
-    already scaled as backward() will ask (see vissiam_kernels/triton_ops.py).
-    """
-    device = views[0][0].device
-    backend = _dispatch.select_backend(device)
-    if backend == "reference":
-        out = []
-        for mu, target, kappa, _ in views:
-            if family == "none":
-                out.append(reference.cosine_nll(mu, target, "none"))
-            else:
-                check_kappa_values("kappa", kappa)
-                nll = reference.vmf_nll if family == "vmf" else reference.power_spherical_nll
-                out.append(nll(mu, target, kappa, "none"))
-        return out
-    dim = views[0][0].shape[-1]
-    mus = [mu.reshape(-1, dim) for mu, _, _, _ in views]
-    targets = [target.reshape(-1, dim) for _, target, _, _ in views]
-    kappas = [] if family == "none" else [kappa.reshape(-1) for _, _, kappa, _ in views]
-    fused = _fused_training.kernels_for(backend)
-    # float16 stays on the op-schema path: the training path stores the gradient in the input dtype
-    # scaled by the predicted upstream weight (1/B for a mean), and an fp16 buffer at that scale
-    # underflows or overflows where the real upstream (a GradScaler's 2^16/B, per-row weights) would
-    # not; bfloat16 has float32's exponent range and keeps the 3S path.
-    if fused is not None and all(m.dtype != torch.float16 for m in mus):
-        weight = _fused_training.predicted_upstream_weight(
-            reduction, views[0][3].numel(), view_factor, reference.compute_dtype(*mus, *kappas)
-        )
-        nll = _fused_training.spherical_nll_training(fused, mus, targets, kappas, _FAMILY_CODES[family], weight)
-    else:
-        nll, _ = _dispatch.op_namespace(backend).spherical_nll(mus, targets, kappas, _FAMILY_CODES[family])
-    return [rows.reshape(shape) for rows, (_, _, _, shape) in zip(nll.split([m.shape[0] for m in mus]), views)]
+def _tensor(name: str, x) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor; got {type(x).__name__}")
+    return x
 
 
-def _view(mu_name, mu, target_name, target, kappa_name, kappa):
-    mu, target = check_vectors(mu_name, mu, target_name, target)
-    rows_shape = mu.shape[:-1]
-    if kappa is not None:
-        kappa = check_kappa(kappa_name, kappa, rows_shape, mu.device)
-    return mu, target, kappa, rows_shape
+def _kappa(name: str, kappa, vectors: torch.Tensor) -> torch.Tensor:
+    """A Python number becomes a 0-dim tensor (one concentration for every row); the rest is checked in the op."""
+    if isinstance(kappa, numbers.Real) and not isinstance(kappa, bool):
+        return torch.tensor(float(kappa), device=vectors.device)
+    return _tensor(name, kappa)
+
+
+def _reduction_code(reduction) -> int:
+    code = REDUCTION_CODES.get(reduction) if isinstance(reduction, str) else None
+    if code is None:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}; got {reduction!r}")
+    return code
+
+
+def _loss(mu, target, kappa, family: int, reduction: str, kl_weight: float, names: str) -> torch.Tensor:
+    """Every public loss: views mu, target (lists of (..., D)), kappa (one per view, or none for the
+    cosine family), one call on the chosen backend. names: three argument names per view, for errors."""
+    code = _reduction_code(reduction)
+    backend = _dispatch.select_backend(mu[0].device)
+    if backend in _dispatch.CXX_BACKENDS:
+        return torch.ops.vissiam_kernels.spherical_loss(mu, target, kappa, family, code, kl_weight, names)
+    return _composed.spherical_loss(backend, mu, target, kappa, family, reduction, kl_weight, names.split())
 
 
 def power_spherical_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Tensor, reduction: str = "mean"):
@@ -128,9 +102,9 @@ def power_spherical_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Ten
     1 + cos floored at 1e-12 so that an antipodal target (cos = -1, zero density) gives the finite
     value -log C_PS + 27.63 kappa and no gradient to the vectors. Gradients flow to all three inputs.
     """
-    check_reduction(reduction)
-    view = _view("mu", mu, "target", target, "kappa", kappa)
-    return reference.reduce(_nll_per_row([view], "power_spherical", reduction)[0], reduction)
+    mu, target = _tensor("mu", mu), _tensor("target", target)
+    kappa = _kappa("kappa", kappa, mu)
+    return _loss([mu], [target], [kappa], FAMILY_CODES["power_spherical"], reduction, 0.0, "mu target kappa")
 
 
 def vmf_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Tensor, reduction: str = "mean"):
@@ -138,9 +112,9 @@ def vmf_nll(mu: torch.Tensor, target: torch.Tensor, kappa: torch.Tensor, reducti
 
     mu, target: (..., D); kappa: (...). Gradients flow to all three inputs.
     """
-    check_reduction(reduction)
-    view = _view("mu", mu, "target", target, "kappa", kappa)
-    return reference.reduce(_nll_per_row([view], "vmf", reduction)[0], reduction)
+    mu, target = _tensor("mu", mu), _tensor("target", target)
+    kappa = _kappa("kappa", kappa, mu)
+    return _loss([mu], [target], [kappa], FAMILY_CODES["vmf"], reduction, 0.0, "mu target kappa")
 
 
 def vmf_loss(p: torch.Tensor, z: torch.Tensor, kappa=None, *, distribution: str = "vmf", reduction: str = "mean"):
@@ -150,13 +124,11 @@ def vmf_loss(p: torch.Tensor, z: torch.Tensor, kappa=None, *, distribution: str 
     ``-F.cosine_similarity(p, z.detach(), dim=-1).mean()`` (SimSiam); with kappa it is the
     NLL under ``distribution`` ("vmf" or "power_spherical"), with gradients to p and kappa.
     """
-    check_reduction(reduction)
-    check_distribution(distribution)
-    if isinstance(z, torch.Tensor):
-        z = z.detach()
-    view = _view("p", p, "z", z, "kappa", kappa)
-    family = "none" if kappa is None else distribution
-    return reference.reduce(_nll_per_row([view], family, reduction)[0], reduction)
+    family = FAMILY_CODES[check_distribution(distribution)]
+    p, z = _tensor("p", p), _tensor("z", z).detach()
+    if kappa is None:
+        return _loss([p], [z], [], _COSINE, reduction, 0.0, "p z kappa")
+    return _loss([p], [z], [_kappa("kappa", kappa, p)], family, reduction, 0.0, "p z kappa")
 
 
 def power_spherical_loss(p: torch.Tensor, z: torch.Tensor, kappa, reduction: str = "mean"):
@@ -184,28 +156,17 @@ def vi_simsiam_loss(
     p1, p2, z1, z2: (..., D); kappa1, kappa2: (...). ``distribution`` is "power_spherical"
     (the paper's choice), "vmf", or "none" — plain SimSiam (-cos), which takes no kappa.
     """
-    check_reduction(reduction)
     check_distribution(distribution, DISTRIBUTIONS + ("none",))
+    p1, p2 = _tensor("p1", p1), _tensor("p2", p2)
+    z1, z2 = _tensor("z1", z1).detach(), _tensor("z2", z2).detach()
     if distribution == "none":
         if kappa1 is not None or kappa2 is not None:
             raise ValueError("distribution='none' (plain SimSiam) takes no kappa; pass kappa1=kappa2=None")
         if kl_weight:
             raise ValueError("kl_weight needs a distribution; distribution='none' has no KL term")
-    elif kappa1 is None or kappa2 is None:
+        return _loss([p1, p2], [z2, z1], [], _COSINE, reduction, 0.0, "p1 z2 kappa1 p2 z1 kappa2")
+    if kappa1 is None or kappa2 is None:
         raise ValueError(f"distribution={distribution!r} needs kappa1 and kappa2 (one concentration per row)")
-    z1 = z1.detach() if isinstance(z1, torch.Tensor) else z1
-    z2 = z2.detach() if isinstance(z2, torch.Tensor) else z2
-    view1 = _view("p1", p1, "z2", z2, "kappa1", kappa1)
-    view2 = _view("p2", p2, "z1", z1, "kappa2", kappa2)
-    if view1[0].shape != view2[0].shape or view1[0].device != view2[0].device:
-        raise ValueError(
-            f"both views must have one shape and device; got p1 {tuple(view1[0].shape)} on {view1[0].device} "
-            f"and p2 {tuple(view2[0].shape)} on {view2[0].device}"
-        )
-    nll1, nll2 = _nll_per_row([view1, view2], distribution, reduction, view_factor=0.5)
-    loss = 0.5 * (nll1 + nll2)
-    if kl_weight:
-        dim = view1[0].shape[-1]
-        kl = power_spherical_kl_uniform if distribution == "power_spherical" else vmf_kl_uniform
-        loss = loss + kl_weight * 0.5 * (kl(view1[2], dim) + kl(view2[2], dim))
-    return reference.reduce(loss, reduction)
+    kappas = [_kappa("kappa1", kappa1, p1), _kappa("kappa2", kappa2, p2)]
+    return _loss([p1, p2], [z2, z1], kappas, FAMILY_CODES[distribution], reduction, float(kl_weight),
+                 "p1 z2 kappa1 p2 z1 kappa2")

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import functional
+from ._validation import DISTRIBUTIONS, check_distribution, check_reduction
 
 
 class VMFLoss(nn.Module):
@@ -16,8 +17,8 @@ class VMFLoss(nn.Module):
 
     def __init__(self, distribution: str = "vmf", reduction: str = "mean"):
         super().__init__()
-        functional.check_distribution(distribution)
-        functional.check_reduction(reduction)
+        check_distribution(distribution)
+        check_reduction(reduction)
         self.distribution = distribution
         self.reduction = reduction
 
@@ -36,8 +37,8 @@ class VISimSiamLoss(nn.Module):
 
     def __init__(self, distribution: str = "power_spherical", kl_weight: float = 0.0, reduction: str = "mean"):
         super().__init__()
-        functional.check_distribution(distribution, functional.DISTRIBUTIONS + ("none",))
-        functional.check_reduction(reduction)
+        check_distribution(distribution, DISTRIBUTIONS + ("none",))
+        check_reduction(reduction)
         self.distribution = distribution
         self.kl_weight = float(kl_weight)
         self.reduction = reduction

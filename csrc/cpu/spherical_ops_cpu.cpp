@@ -38,13 +38,16 @@ namespace {
 // differently), so sums do not depend on the machine's vector width.
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef double f64x8 __attribute__((vector_size(64)));
+typedef uint16_t u16x8 __attribute__((vector_size(16)));
+typedef uint32_t u32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef _Float16 f16x8 __attribute__((vector_size(16)));
 
+// Eight elements to double lanes. Half and bfloat16 are widened in vector registers (F16C's
+// vcvtph2ps for half where the ISA clone has it; bfloat16 is the top half of a float32, so a
+// 16-bit shift), never element by element through c10's scalar conversions.
 template <typename scalar_t>
-inline f64x8 load8(const scalar_t* p) {
-  f32x8 v;
-  for (int j = 0; j < 8; ++j) v[j] = static_cast<float>(p[j]);
-  return __builtin_convertvector(v, f64x8);
-}
+inline f64x8 load8(const scalar_t* p);
 template <>
 inline f64x8 load8<float>(const float* p) {
   f32x8 v;
@@ -57,11 +60,26 @@ inline f64x8 load8<double>(const double* p) {
   std::memcpy(&v, p, sizeof(v));
   return v;
 }
-
-template <typename scalar_t>
-inline void store8(scalar_t* p, f64x8 v) {
-  for (int j = 0; j < 8; ++j) p[j] = static_cast<scalar_t>(v[j]);
+template <>
+inline f64x8 load8<at::Half>(const at::Half* p) {
+  f16x8 h;
+  std::memcpy(&h, p, sizeof(h));
+  return __builtin_convertvector(__builtin_convertvector(h, f32x8), f64x8);
 }
+template <>
+inline f64x8 load8<at::BFloat16>(const at::BFloat16* p) {
+  u16x8 bits;
+  std::memcpy(&bits, p, sizeof(bits));
+  const u32x8 wide = __builtin_convertvector(bits, u32x8) << 16;
+  f32x8 v;
+  std::memcpy(&v, &wide, sizeof(v));
+  return __builtin_convertvector(v, f64x8);
+}
+
+// Eight double lanes rounded to the element type: double -> float -> element, each rounding to
+// nearest even, which is what c10's scalar conversions do (bitwise the same results).
+template <typename scalar_t>
+inline void store8(scalar_t* p, f64x8 v);
 template <>
 inline void store8<float>(float* p, f64x8 v) {
   const f32x8 narrow = __builtin_convertvector(v, f32x8);
@@ -70,6 +88,23 @@ inline void store8<float>(float* p, f64x8 v) {
 template <>
 inline void store8<double>(double* p, f64x8 v) {
   std::memcpy(p, &v, sizeof(v));
+}
+template <>
+inline void store8<at::Half>(at::Half* p, f64x8 v) {
+  const f16x8 h = __builtin_convertvector(__builtin_convertvector(v, f32x8), f16x8);
+  std::memcpy(p, &h, sizeof(h));
+}
+template <>
+inline void store8<at::BFloat16>(at::BFloat16* p, f64x8 v) {
+  const f32x8 narrow = __builtin_convertvector(v, f32x8);
+  u32x8 bits;
+  std::memcpy(&bits, &narrow, sizeof(bits));
+  // c10::round_to_nearest_even: add 0x7FFF plus the lowest kept bit, keep the top 16; NaN -> 0x7FC0
+  const u32x8 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  const i32x8 is_nan = narrow != narrow;
+  const u32x8 result = is_nan ? u32x8{} + 0x7FC0u : rounded;
+  const u16x8 halves = __builtin_convertvector(result, u16x8);
+  std::memcpy(p, &halves, sizeof(halves));
 }
 
 template <typename T>
@@ -126,19 +161,6 @@ VISSIAM_ISA_CLONES void row_combination(const scalar_t* x, const scalar_t* y, sc
   }
 }
 
-// row *= c in place, computed in double and rounded once. Not row_combination(row, row, row, c, 0.0):
-// 0 * inf is NaN, which turned a gradient that overflowed the dtype (inf) into NaN.
-template <typename scalar_t>
-VISSIAM_ISA_CLONES void row_scale(scalar_t* row, int64_t n, double c) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    store8(row + i, c * load8(row + i));
-  }
-  for (; i < n; ++i) {
-    row[i] = static_cast<scalar_t>(c * to_double(row[i]));
-  }
-}
-
 // Rows per parallel task: about 64K elements of work each, a row costing its D elements plus
 // ``row_math`` element-equivalents of per-row scalar work. The forward's special functions take
 // 0.05-0.5 us a row, the time of streaming ~256 elements: counting them lets small D split over
@@ -153,124 +175,176 @@ at::Tensor unit_inner_stride(const at::Tensor& x) {
   return x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
 }
 
-// The fused forward over all views. With grad_mu / grad_target it also writes,
-// while the row is still in cache, the input gradients for upstream gradient
-// grad_weight (the training form: one pass over mu and target per step).
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>
-spherical_nll_forward_cpu(at::TensorList mu, at::TensorList target, at::TensorList kappa,
-                          int64_t family, double grad_weight, bool grad_mu, bool grad_target) {
-  check_nll_views(mu, target, kappa, family, at::kCPU);
-  const int64_t dim = mu[0].size(1);
-  int64_t total_rows = 0;
-  bool any_double = false;
-  for (size_t v = 0; v < mu.size(); ++v) {
-    total_rows += mu[v].size(0);
-    any_double |= mu[v].scalar_type() == at::kDouble;
-    if (family != kCosine) any_double |= kappa[v].scalar_type() == at::kDouble;
-  }
-  auto double_options = mu[0].options().dtype(at::kDouble);
-  at::Tensor nll = at::empty({total_rows}, double_options);
-  at::Tensor row_state = at::empty({total_rows, 4}, double_options);
-  at::Tensor applied = at::empty({grad_mu || grad_target ? total_rows : 0}, double_options);
-  double* nll_out = nll.data_ptr<double>();
-  double* state_out = row_state.data_ptr<double>();
-  double* applied_out = applied.data_ptr<double>();
-  std::vector<at::Tensor> grads_mu, grads_target;
+// kappa[i] of a (B,) tensor of any floating dtype and stride, as double, without a conversion pass.
+struct KappaReader {
+  const void* data = nullptr;
+  int64_t stride = 0;
+  at::ScalarType type = at::kDouble;
 
+  explicit KappaReader(const at::Tensor& kappa) {
+    if (!kappa.defined()) return;
+    data = kappa.data_ptr();
+    stride = kappa.stride(0);
+    type = kappa.scalar_type();
+  }
+  double operator()(int64_t i) const {
+    if (data == nullptr) return 0.0;  // cosine: no concentration
+    const int64_t k = i * stride;
+    switch (type) {
+      case at::kDouble: return static_cast<const double*>(data)[k];
+      case at::kFloat: return static_cast<const float*>(data)[k];
+      case at::kHalf: return static_cast<float>(static_cast<const at::Half*>(data)[k]);
+      default: return static_cast<float>(static_cast<const at::BFloat16*>(data)[k]);
+    }
+  }
+};
+
+// What one pass over the rows of all views computes. Per row r (rows numbered across views):
+//   value[r] = NLL + kl_weight * KL(q || uniform)
+//   state[r] = weight * (mu_coef, target_coef, cross_coef, dvalue/dkappa)   (RowStateColumn order)
+// and, with gradient buffers, grad_mu[r, :] = weight * dvalue/dmu (the same for the target), written
+// while the row is still in cache. weight is what the caller's reduction gives each row.
+struct RowPass {
+  int family;
+  double dim;
+  double kl_weight;
+  double weight;
+  bool grad_mu;
+  bool grad_target;
+};
+
+struct ViewBuffers {
+  at::Tensor mu, target;            // (B, D), unit inner stride
+  KappaReader kappa;
+  at::Tensor grad_mu, grad_target;  // (B, D) contiguous, or undefined
+};
+
+// KL(q || uniform) and its kappa-derivative -kappa d2logC/dkappa2 (only when a KL term is asked for).
+std::pair<double, double> kl_uniform_and_derivative(int family, double kappa, double dim) {
+  return {normalizer_quantity(family, kKlUniform, kappa, dim),
+          -kappa * normalizer_quantity(family, kLogNormalizerSecondDerivative, kappa, dim)};
+}
+
+template <typename scalar_t>
+void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_index, double* value_out,
+                   double* state_out) {
+  const int64_t rows = view.mu.size(0), dim = view.mu.size(1);
+  const scalar_t* m_ptr = view.mu.data_ptr<scalar_t>();
+  const scalar_t* t_ptr = view.target.data_ptr<scalar_t>();
+  scalar_t* gm_ptr = pass.grad_mu ? view.grad_mu.data_ptr<scalar_t>() : nullptr;
+  scalar_t* gt_ptr = pass.grad_target ? view.grad_target.data_ptr<scalar_t>() : nullptr;
+  const int64_t m_stride = view.mu.stride(0), t_stride = view.target.stride(0);
+  const double w = pass.weight;
+  at::parallel_for(0, rows, row_grain(dim, kRowMathElements), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const double kappa_i = view.kappa(i);
+      CHECK_ARG(valid_kappa(kappa_i), "kappa must be finite and >= 0; got ", kappa_i, " in row ", i,
+                " of view ", view_index);
+      const scalar_t* m_row = m_ptr + i * m_stride;
+      const scalar_t* t_row = t_ptr + i * t_stride;
+      const RowDots dots = row_dots(m_row, t_row, dim);
+      const RowLoss loss = row_loss(pass.family, row_cosine(dots), kappa_i, pass.dim);
+      const RowGradientCoefficients g = row_gradient_coefficients(dots, loss.dnll_dcos);
+      double value = loss.nll, dvalue_dkappa = loss.dnll_dkappa;
+      if (pass.kl_weight != 0.0) {
+        const auto kl = kl_uniform_and_derivative(pass.family, kappa_i, pass.dim);
+        value += pass.kl_weight * kl.first;
+        dvalue_dkappa += pass.kl_weight * kl.second;
+      }
+      value_out[i] = value;
+      double* state = state_out + kRowStateColumns * i;
+      state[kMuCoefColumn] = w * g.mu_coef;
+      state[kTargetCoefColumn] = w * g.target_coef;
+      state[kCrossCoefColumn] = w * g.cross_coef;
+      state[kKappaGradColumn] = w * dvalue_dkappa;
+      if (gm_ptr) row_combination(m_row, t_row, gm_ptr + i * dim, dim, w * g.mu_coef, w * g.cross_coef);
+      if (gt_ptr) row_combination(t_row, m_row, gt_ptr + i * dim, dim, w * g.target_coef, w * g.cross_coef);
+    }
+  });
+}
+
+// The pass over every view; values (sum B_v,) and state (sum B_v, 4) are float64, gradient buffers
+// are made here in each view's dtype.
+void row_pass(const RowPass& pass, at::TensorList mu, at::TensorList target, at::TensorList kappa,
+              double* values, double* state, std::vector<at::Tensor>& grads_mu,
+              std::vector<at::Tensor>& grads_target) {
   int64_t row_offset = 0;
   for (size_t v = 0; v < mu.size(); ++v) {
-    const at::Tensor m = unit_inner_stride(mu[v]);
-    const at::Tensor t = unit_inner_stride(target[v]);
-    const at::Tensor k = family == kCosine ? at::Tensor() : kappa[v].to(at::kDouble).contiguous();
-    const double* k_ptr = family == kCosine ? nullptr : k.data_ptr<double>();
-    const int64_t rows = m.size(0);
-    const int64_t m_stride = m.stride(0), t_stride = t.stride(0);
-    at::Tensor gm = grad_mu ? at::empty({rows, dim}, m.options()) : at::Tensor();
-    at::Tensor gt = grad_target ? at::empty({rows, dim}, t.options()) : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, m.scalar_type(), "spherical_nll_cpu", [&] {
-      const scalar_t* m_ptr = m.data_ptr<scalar_t>();
-      const scalar_t* t_ptr = t.data_ptr<scalar_t>();
-      scalar_t* gm_ptr = grad_mu ? gm.data_ptr<scalar_t>() : nullptr;
-      scalar_t* gt_ptr = grad_target ? gt.data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, rows, row_grain(dim, kRowMathElements), [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) {
-          const double kappa_i = k_ptr ? k_ptr[i] : 0.0;
-          CHECK_ARG(valid_kappa(kappa_i), "kappa must be finite and >= 0; got ", kappa_i,
-                    " in row ", i, " of view ", v);
-          const scalar_t* m_row = m_ptr + i * m_stride;
-          const scalar_t* t_row = t_ptr + i * t_stride;
-          const RowDots dots = row_dots(m_row, t_row, dim);
-          const RowLoss loss = row_loss(static_cast<int>(family), row_cosine(dots), kappa_i,
-                                        static_cast<double>(dim));
-          const RowGradientCoefficients g = row_gradient_coefficients(dots, loss.dnll_dcos);
-          const int64_t r = row_offset + i;
-          nll_out[r] = loss.nll;
-          state_out[4 * r + 0] = g.mu_coef;
-          state_out[4 * r + 1] = g.target_coef;
-          state_out[4 * r + 2] = g.cross_coef;
-          state_out[4 * r + 3] = loss.dnll_dkappa;
-          if (gm_ptr) {
-            row_combination(m_row, t_row, gm_ptr + i * dim, dim, grad_weight * g.mu_coef,
-                            grad_weight * g.cross_coef);
-          }
-          if (gt_ptr) {
-            row_combination(t_row, m_row, gt_ptr + i * dim, dim, grad_weight * g.target_coef,
-                            grad_weight * g.cross_coef);
-          }
-          if (gm_ptr || gt_ptr) applied_out[r] = grad_weight;
-        }
-      });
+    ViewBuffers view{unit_inner_stride(mu[v]), unit_inner_stride(target[v]),
+                     KappaReader(pass.family == kCosine ? at::Tensor() : kappa[v]), {}, {}};
+    if (pass.grad_mu) view.grad_mu = at::empty(view.mu.sizes(), view.mu.options());
+    if (pass.grad_target) view.grad_target = at::empty(view.target.sizes(), view.target.options());
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.mu.scalar_type(), "row_pass_cpu", [&] {
+      row_pass_view<scalar_t>(pass, view, static_cast<int64_t>(v), values + row_offset,
+                              state + kRowStateColumns * row_offset);
     });
-    if (grad_mu) grads_mu.push_back(gm);
-    if (grad_target) grads_target.push_back(gt);
-    row_offset += rows;
+    if (pass.grad_mu) grads_mu.push_back(view.grad_mu);
+    if (pass.grad_target) grads_target.push_back(view.grad_target);
+    row_offset += view.mu.size(0);
   }
-  return {any_double ? nll : nll.to(at::kFloat), row_state, grads_mu, grads_target, applied};
+}
+
+int64_t total_rows(at::TensorList mu) {
+  int64_t rows = 0;
+  for (const at::Tensor& m : mu) rows += m.size(0);
+  return rows;
 }
 
 std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::TensorList target,
                                                      at::TensorList kappa, int64_t family) {
-  auto out = spherical_nll_forward_cpu(mu, target, kappa, family, 0.0, false, false);
-  return {std::get<0>(out), std::get<1>(out)};
+  check_nll_views(mu, target, kappa, family, at::kCPU);
+  const auto options = mu[0].options().dtype(at::kDouble);
+  at::Tensor nll = at::empty({total_rows(mu)}, options);
+  at::Tensor row_state = at::empty({nll.size(0), kRowStateColumns}, options);
+  std::vector<at::Tensor> unused_mu, unused_target;
+  const RowPass pass{static_cast<int>(family), static_cast<double>(mu[0].size(1)), 0.0, 1.0, false, false};
+  row_pass(pass, mu, target, kappa, nll.data_ptr<double>(), row_state.data_ptr<double>(), unused_mu,
+           unused_target);
+  return {loss_dtype(mu, kappa) == at::kDouble ? nll : nll.to(at::kFloat), row_state};
 }
 
-std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>, at::Tensor>
-spherical_nll_with_grad_cpu(at::TensorList mu, at::TensorList target, at::TensorList kappa,
-                            int64_t family, double grad_weight, bool grad_mu, bool grad_target) {
-  return spherical_nll_forward_cpu(mu, target, kappa, family, grad_weight, grad_mu, grad_target);
-}
+// The loss of spherical_loss (csrc/ops.cpp) over canonical views, the reduction inside:
+// out[r] = (1/V) sum_v value_v[r]; "mean" = mean_r out[r], "sum" = sum_r out[r]. The row state and
+// the gradient buffers carry the reduction's weight per row (1/(V B) for a mean, 1/V otherwise), so
+// they are the gradients of the op's output. The sums run serially in row order: bitwise the same
+// result for any thread count.
+std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
+spherical_loss_forward_cpu(at::TensorList mu, at::TensorList target, at::TensorList kappa, int64_t family,
+                           int64_t reduction, double kl_weight, bool grad_mu, bool grad_target) {
+  check_loss_views(mu, target, kappa, family, reduction, kl_weight, at::kCPU);
+  const int64_t views = static_cast<int64_t>(mu.size());
+  const int64_t rows = mu[0].size(0);
+  const RowPass pass{static_cast<int>(family), static_cast<double>(mu[0].size(1)), kl_weight,
+                     reduction_row_weight(reduction, views, rows), grad_mu, grad_target};
+  const auto double_options = mu[0].options().dtype(at::kDouble);
+  at::Tensor row_state = at::empty({views * rows, kRowStateColumns}, double_options);
+  std::vector<double> values(static_cast<size_t>(views * rows));
+  std::vector<at::Tensor> grads_mu, grads_target;
+  row_pass(pass, mu, target, kappa, values.data(), row_state.data_ptr<double>(), grads_mu, grads_target);
 
-void rescale_rows_cpu(at::TensorList grad_mu, at::TensorList grad_target, const at::Tensor& applied,
-                      const at::Tensor& upstream) {
-  const int64_t total_rows = applied.numel();
-  CHECK_ARG(applied.scalar_type() == at::kDouble && applied.dim() == 1 && applied.is_contiguous(),
-            "applied must be a contiguous float64 vector");
-  CHECK_ARG(upstream.dim() == 1 && upstream.size(0) == total_rows, "upstream must have shape (",
-            total_rows, ",); got ", upstream.sizes());
-  const at::Tensor u = upstream.to(at::kDouble).contiguous();
-  const double* u_ptr = u.data_ptr<double>();
-  double* a_ptr = applied.data_ptr<double>();
-  for (at::TensorList buffers : {grad_mu, grad_target}) {
-    int64_t row_offset = 0;
-    for (const at::Tensor& g : buffers) {
-      CHECK_ARG(g.dim() == 2 && g.is_contiguous(), "gradient buffers must be contiguous (B, D) tensors");
-      const int64_t rows = g.size(0), dim = g.size(1);
-      CHECK_ARG(row_offset + rows <= total_rows, "gradient buffers hold more rows than applied");
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, g.scalar_type(), "rescale_rows_cpu", [&] {
-        scalar_t* g_ptr = g.data_ptr<scalar_t>();
-        at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) {
-            const int64_t r = row_offset + i;
-            if (u_ptr[r] == a_ptr[r]) continue;
-            const double factor = u_ptr[r] / a_ptr[r];
-            row_scale(g_ptr + i * dim, dim, factor);
-          }
-        });
-      });
-      row_offset += rows;
+  const auto out_options = mu[0].options().dtype(loss_dtype(mu, kappa));
+  at::Tensor loss;
+  if (reduction == kReductionNone) {
+    at::Tensor per_row = at::empty({rows}, double_options);
+    double* out = per_row.data_ptr<double>();
+    for (int64_t r = 0; r < rows; ++r) {
+      double sum = 0.0;
+      for (int64_t v = 0; v < views; ++v) sum += values[v * rows + r];
+      out[r] = sum / static_cast<double>(views);
+    }
+    loss = out_options.dtype() == at::kDouble ? per_row : per_row.to(at::kFloat);
+  } else {
+    double sum = 0.0;
+    for (double value : values) sum += value;
+    const double divisor = reduction == kReductionMean ? static_cast<double>(views * rows) : views;
+    loss = at::empty({}, out_options);
+    if (loss.scalar_type() == at::kDouble) {
+      *loss.data_ptr<double>() = sum / divisor;
+    } else {
+      *loss.data_ptr<float>() = static_cast<float>(sum / divisor);
     }
   }
-  for (int64_t r = 0; r < total_rows; ++r) a_ptr[r] = u_ptr[r];
+  return {loss, row_state, grads_mu, grads_target};
 }
 
 std::vector<at::Tensor> scaled_row_combination_cpu(const at::Tensor& scale, const at::Tensor& coef_x,
@@ -363,8 +437,7 @@ at::Tensor special_function_cpu(c10::string_view name, const at::Tensor& a, cons
 
 TORCH_LIBRARY_IMPL(vissiam_kernels, CPU, m) {
   m.impl("spherical_nll", &vissiam::spherical_nll_cpu);
-  m.impl("spherical_nll_with_grad", &vissiam::spherical_nll_with_grad_cpu);
-  m.impl("rescale_rows_", &vissiam::rescale_rows_cpu);
+  m.impl("spherical_loss_forward", &vissiam::spherical_loss_forward_cpu);
   m.impl("scaled_row_combination", &vissiam::scaled_row_combination_cpu);
   m.impl("normalizer_quantity", &vissiam::normalizer_quantity_cpu);
   m.impl("special_function", &vissiam::special_function_cpu);

@@ -58,4 +58,35 @@ inline void check_nll_views(at::TensorList mu, at::TensorList target, at::Tensor
   VISSIAM_CHECK_ARG(dim >= 2, "the dimension D of mu and target must be >= 2; got ", dim);
 }
 
+// The output dtype rule of op_codes.h: float64 when any vector or kappa is float64, else float32.
+inline at::ScalarType loss_dtype(at::TensorList mu, at::TensorList kappa) {
+  for (const at::Tensor& t : mu) if (t.scalar_type() == at::kDouble) return at::kDouble;
+  for (const at::Tensor& t : kappa) if (t.scalar_type() == at::kDouble) return at::kDouble;
+  return at::kFloat;
+}
+
+// dOutput/dvalue[r] of spherical_loss for each of the V * B row values: out[r] = (1/V) sum_v value_v[r],
+// then the mean over B rows or the sum.
+inline double reduction_row_weight(int64_t reduction, int64_t views, int64_t rows) {
+  const double per_view = 1.0 / static_cast<double>(views);
+  return reduction == kReductionMean ? per_view / static_cast<double>(rows) : per_view;
+}
+
+// The canonical views of spherical_loss_forward: those of spherical_nll, all with one row count (the
+// views are averaged row by row), a known reduction and a finite kl_weight >= 0 (0 for cosine).
+inline void check_loss_views(at::TensorList mu, at::TensorList target, at::TensorList kappa, int64_t family,
+                             int64_t reduction, double kl_weight, at::DeviceType device_type) {
+  check_nll_views(mu, target, kappa, family, device_type);
+  for (size_t v = 1; v < mu.size(); ++v) {
+    VISSIAM_CHECK_ARG(mu[v].size(0) == mu[0].size(0), "every view must have ", mu[0].size(0),
+                      " rows (the views are averaged row by row); view ", v, " has ", mu[v].size(0));
+  }
+  VISSIAM_CHECK_ARG(reduction == kReductionNone || reduction == kReductionMean || reduction == kReductionSum,
+                    "reduction must be 0 (none), 1 (mean) or 2 (sum); got ", reduction);
+  VISSIAM_CHECK_ARG(std::isfinite(kl_weight) && kl_weight >= 0.0, "kl_weight must be finite and >= 0; got ",
+                    kl_weight);
+  VISSIAM_CHECK_ARG(family != kCosine || kl_weight == 0.0,
+                    "kl_weight needs a distribution; distribution='none' has no KL term");
+}
+
 }  // namespace vissiam

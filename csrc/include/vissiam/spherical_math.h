@@ -12,19 +12,10 @@
 // Both: entropy H = -log C + kappa dlogC/dkappa, KL(q || uniform) = log|S^{d-1}| - H.
 #pragma once
 
+#include "vissiam/op_codes.h"
 #include "vissiam/special_functions.h"
 
 namespace vissiam {
-
-// Codes shared with the Python side (vissiam_kernels/_ops.py).
-enum Family : int { kCosine = 0, kVonMisesFisher = 1, kPowerSpherical = 2 };
-enum Quantity : int {
-  kLogNormalizer = 0,
-  kLogNormalizerDerivative = 1,        // d/dkappa log C
-  kLogNormalizerSecondDerivative = 2,  // d^2/dkappa^2 log C
-  kEntropy = 3,
-  kKlUniform = 4,
-};
 
 // F.normalize's eps: x / max(|x|, eps).
 constexpr double kNormalizeEps = 1e-12;
