@@ -1,4 +1,5 @@
-"""The minimum-traffic training path, shared by the backends that implement it (CPU C++, Triton).
+"""The minimum-traffic training path of the Triton backend (the C++ backends have theirs in
+csrc/loss_autograd.cpp, where the op spherical_loss also reduces the rows; the traffic is the same).
 
 Memory traffic of a training step (S = bytes of one (B, D) tensor; z needs no gradient):
 
@@ -18,7 +19,7 @@ Memory traffic of a training step (S = bytes of one (B, D) tensor; z needs no gr
   Double backward is not supported on this path (the op-schema path supports it for kappa).
 
 A backend registers ``FusedKernels`` (its op namespace, an eager forward launcher and an in-place
-rescale) with ``register``; ``vissiam_kernels.functional`` then routes training calls here.
+rescale) with ``register``; ``vissiam_kernels._composed`` then routes its training calls here.
 """
 
 from __future__ import annotations

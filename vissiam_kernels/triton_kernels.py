@@ -1,33 +1,40 @@
 """Triton kernels of the ``vissiam_triton`` ops, and the special functions they need, in ``tl``.
 
-Layout (Liger-Kernel style): this module holds only ``@triton.jit`` code; the host
+Layout (Liger-Kernel style): this module holds only ``@triton.jit`` code and its constants (the
+op codes from csrc/include/vissiam/op_codes.h through vissiam_kernels/_codes.py); the host
 launchers, op registration and autograd glue live in ``vissiam_kernels/triton_ops.py``.
 
 The special functions are a line-by-line port of csrc/include/vissiam/special_functions.h
 and spherical_math.h (the C++ header cannot be included by Triton); the formulas, constants,
 series lengths and branch points are the header's, so the CPU, CUDA and Triton backends
-agree to rounding. Differences forced by Triton:
+agree to rounding. tests/test_triton_matches_header.py holds the two to that: every function of
+the header's test table (special_function_table.h) and the per-row quantities of the kernels,
+Triton (interpreter) against the CPU build, within 1e-12 over d = 2..65536 and kappa = 0..1e7.
+Differences forced by Triton:
 
 - Only basic ``tl`` operations (+, *, /, exp, log, sqrt, where): libdevice (lgamma, log1p,
   expm1, hypot) cannot run under the interpreter (``TRITON_INTERPRET=1``), so log1p and
   expm1 use Kahan's compensated forms and hypot is written out.
-- Every function is elementwise and branch-free (``tl.where``) so the same code serves a
-  block of kappa values (``normalizer_quantity``) and a block of rows (``spherical_nll``);
-  the header's ``while (a < 10)`` / ``while (nu < 30)`` shifts become ``steps`` masked unit
-  steps, counted on the host from d (``asymptotic_steps`` in triton_ops: 0 for the power
-  spherical family at d >= 21), and give the same sums.
+- Every function is elementwise in its argument (kappa, x; the gamma functions' a and b), with
+  ``tl.where`` for the header's per-value branches, so the same code serves a block of kappa
+  values (``normalizer_quantity``) and a block of rows (``spherical_nll``). The header's
+  ``while (a < 10)`` shifts become ``steps`` masked unit steps, and ``while (nu < 30)`` the
+  ``shift`` steps of the Bessel recurrences, counted on the host from d (``asymptotic_steps`` in
+  triton_ops: 0 for the power spherical family at d >= 21), and give the same sums.
+- The Bessel order nu is one value per launch in every kernel (from the int dimension, or a[0]
+  in ``special_function_kernel``), so the header's branches on it are scalar ``if``s here too,
+  and the work they skip is skipped: d = 3 (nu = 1/2) takes the closed forms (log sinh(x)/x,
+  coth x - 1/x) instead of the 30-step recurrence, and in the Olver range (nu >= 30,
+  ``shift == 0``) ``log_bessel_i_scaled`` evaluates Olver's expansion alone, without the ratio
+  ``log_bessel_i_scaled_and_ratio`` also computes.
 - Python float kernel arguments are float32 on the GPU, so nothing precision-bearing is
   passed as a float: the dimension is an int and derived quantities (beta, nu,
   log |S^{d-1}|) are computed here in float64. Float literals are exact in arithmetic with
   float64 tensors, but one passed to ``tl.where`` / ``tl.maximum`` becomes a float32 constant
   first (1e-12 -> 9.99999996e-13): such constants go through ``_f64_like``.
-- d = 3 (nu = 1/2): the header's closed form (log sinh(x)/x, coth x - 1/x) is selected with a
-  per-element ``tl.where`` after the general recurrence, which is evaluated too: nu is elementwise
-  in ``special_function_kernel``, so a scalar branch cannot serve every caller. The values are the
-  header's; the CPU's time saving is not taken on the GPU.
 - Module constants are ``tl.constexpr(...)`` objects: the compiler, unlike the interpreter,
-  rejects annotated globals (tests/test_triton_compile.py compiles every kernel for sm_80 and
-  sm_90 without a GPU, so such differences surface in CI).
+  rejects annotated globals (tests/test_triton_compile.py compiles the kernels the ops launch for
+  sm_80 and sm_90 without a GPU, so such differences surface in CI).
 
 Per-row scalar math is float64 (B values per call: free). Row reductions accumulate in
 float64 when ``ACC_F64`` (the default, see triton_ops.ACCUMULATE_FLOAT64: float32 sums put
@@ -43,6 +50,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from ._codes import FAMILY_CODES, QUANTITY_CODES, ROW_STATE
+from ._codes import ROW_STATE_COLUMNS as ROW_STATE_COLUMN_COUNT
+
 # Constants of special_functions.h / spherical_math.h.
 LOG2 = tl.constexpr(0.69314718055994530942)
 LOGPI = tl.constexpr(1.14472988584940017414)
@@ -51,16 +61,25 @@ ASYMPTOTIC_MIN_ARGUMENT = tl.constexpr(10.0)
 NORMALIZE_EPS = tl.constexpr(1e-12)
 POWER_SPHERICAL_ONE_PLUS_COS_FLOOR = tl.constexpr(1e-12)
 DOUBLE_MAX = tl.constexpr(1.7976931348623157e308)
+# log(2/pi)/2: I_{1/2}(x) = sqrt(2 / (pi x)) sinh x (special_functions.h kHalfLogTwoOverPi).
+HALF_LOG_TWO_OVER_PI = tl.constexpr(-0.2257913526447274323631)
 # Above this, x * x overflows in float64 and hypot is evaluated scaled.
 HYPOT_SCALE_THRESHOLD = tl.constexpr(1e150)
 
-# Family and quantity codes (spherical_math.h; vissiam_kernels/_ops.py).
-# log(2/pi)/2: I_{1/2}(x) = sqrt(2 / (pi x)) sinh x (special_functions.h).
-HALF_LOG_TWO_OVER_PI = tl.constexpr(-0.2257913526447274323631)
-
-COSINE = tl.constexpr(0)
-VON_MISES_FISHER = tl.constexpr(1)
-POWER_SPHERICAL = tl.constexpr(2)
+# Family and quantity codes and row-state columns: csrc/include/vissiam/op_codes.h, as
+# vissiam_kernels/_codes.py reads it.
+COSINE = tl.constexpr(FAMILY_CODES["none"])
+VON_MISES_FISHER = tl.constexpr(FAMILY_CODES["vmf"])
+POWER_SPHERICAL = tl.constexpr(FAMILY_CODES["power_spherical"])
+LOG_NORMALIZER = tl.constexpr(QUANTITY_CODES["log_normalizer"])
+LOG_NORMALIZER_DERIVATIVE = tl.constexpr(QUANTITY_CODES["dlog_normalizer"])
+LOG_NORMALIZER_SECOND_DERIVATIVE = tl.constexpr(QUANTITY_CODES["d2log_normalizer"])
+ENTROPY = tl.constexpr(QUANTITY_CODES["entropy"])
+MU_COEF_COLUMN = tl.constexpr(ROW_STATE["mu_coef"])
+TARGET_COEF_COLUMN = tl.constexpr(ROW_STATE["target_coef"])
+CROSS_COEF_COLUMN = tl.constexpr(ROW_STATE["cross_coef"])
+KAPPA_GRAD_COLUMN = tl.constexpr(ROW_STATE["kappa_grad"])
+ROW_STATE_COLUMNS = tl.constexpr(ROW_STATE_COLUMN_COUNT)
 
 
 # ================================================================ elementary functions
@@ -148,6 +167,19 @@ def log2_plus_digamma_difference(a, b, steps):
         a = tl.where(low, a + 1.0, a)
     return (shifted + log1p((a - b) / (a + b)) - b / (2.0 * a * (a + b))
             - (_digamma_series(a) - _digamma_series(a + b)))
+
+
+@triton.jit
+def digamma_difference(a, b, steps):
+    """psi(a) - psi(a + b), a > 0, b >= 0  (psi(a) = psi(a + 1) - 1/a)."""
+    shifted = a * 0.0
+    for _ in range(steps):
+        low = a < ASYMPTOTIC_MIN_ARGUMENT
+        shifted -= tl.where(low, b / (a * (a + b)), 0.0)
+        a = tl.where(low, a + 1.0, a)
+    result = (shifted - log1p(b / a) - b / (2.0 * a * (a + b))
+              - (_digamma_series(a) - _digamma_series(a + b)))
+    return tl.where(b == 0.0, 0.0, result)
 
 
 @triton.jit
@@ -240,22 +272,27 @@ def _langevin(x):
 
 @triton.jit
 def bessel_ratio(nu, x, shift):
-    """I_{nu+1}(x) / I_nu(x), nu >= 0, x >= 0; ``shift`` = unit steps from nu up to the Olver range.
+    """I_{nu+1}(x) / I_nu(x), nu >= 0 (one value), x >= 0; ``shift`` = unit steps from nu up to the
+    Olver range (0 in it). nu = 1/2 (d = 3): the closed form coth x - 1/x.
 
     Below the Olver range the ratio R_k = x / (2(k+1) + x R_{k+1}) is run downward (stable).
     """
-    ratio = _olver_bessel_ratio(nu + shift, x)
-    for jj in range(shift):
-        j = shift - 1 - jj
-        ratio = x / (2.0 * (nu + j + 1.0) + x * ratio)
-    return tl.where(nu == 0.5, _langevin(x), ratio)  # d = 3: closed form
+    if nu == 0.5:  # d = 3
+        ratio = _langevin(x)
+    else:
+        ratio = _olver_bessel_ratio(nu + shift, x)
+        for jj in range(shift):
+            j = shift - 1 - jj
+            ratio = x / (2.0 * (nu + j + 1.0) + x * ratio)
+    return ratio
 
 
 @triton.jit
 def bessel_ratio_complement(nu, x, shift):
     """1 - I_{nu+1}(x) / I_nu(x), to full relative precision also where the ratio is near 1.
 
-    q_k = (2(k+1) - x q_{k+1}) / (2(k+1) + x (1 - q_{k+1})), run downward.
+    q_k = (2(k+1) - x q_{k+1}) / (2(k+1) + x (1 - q_{k+1})), run downward (no closed form for
+    d = 3 here, as in the header).
     """
     complement = _olver_bessel_ratio_complement(nu + shift, x)
     for jj in range(shift):
@@ -267,34 +304,53 @@ def bessel_ratio_complement(nu, x, shift):
 
 @triton.jit
 def log_bessel_i_scaled_and_ratio(nu, x, shift):
-    """(log I_nu(x) - nu log x, I_{nu+1}(x) / I_nu(x)) from one recurrence; nu >= 0, x >= 0.
+    """(log I_nu(x) - nu log x, I_{nu+1}(x) / I_nu(x)) from one recurrence; nu >= 0 (one value), x >= 0.
 
+    nu = 1/2 (d = 3): the closed forms log(2/pi)/2 + log(sinh(x)/x) and coth x - 1/x. Otherwise
     L(nu) = L(nu + n) + sum_j log D_j, D_j = 2(nu+j+1) + x R_{nu+j+1}, n = ``shift``, and the sum is
     n log1p(x) + log prod_j D_j / (1 + x): each factor lies in [1/10, 2(nu + n)], so one log and no
     overflow (header: log_bessel_i_scaled_and_ratio). The ratio runs R_k = x / D_k downward.
     """
-    top = nu + shift
-    log_scaled = _olver_log_bessel_i_scaled(top, x)
-    ratio = _olver_bessel_ratio(top, x)
-    if shift > 0:
-        scale = 1.0 / (1.0 + x)
-        product = scale * 0.0 + 1.0
-        for jj in range(shift):
-            j = shift - 1 - jj
-            denominator = 2.0 * (nu + j + 1.0) + x * ratio
-            product *= denominator * scale
-            ratio = x / denominator
-        log_scaled += shift * log1p(x) + tl.log(product)
-    half = nu == 0.5  # d = 3: closed form
-    log_scaled = tl.where(half, HALF_LOG_TWO_OVER_PI + _log_sinh_over_x(x), log_scaled)
-    return log_scaled, tl.where(half, _langevin(x), ratio)
+    if nu == 0.5:  # d = 3
+        log_scaled = HALF_LOG_TWO_OVER_PI + _log_sinh_over_x(x)
+        ratio = _langevin(x)
+    else:
+        top = nu + shift
+        log_scaled = _olver_log_bessel_i_scaled(top, x)
+        ratio = _olver_bessel_ratio(top, x)
+        if shift > 0:
+            scale = 1.0 / (1.0 + x)
+            product = scale * 0.0 + 1.0
+            for jj in range(shift):
+                j = shift - 1 - jj
+                denominator = 2.0 * (nu + j + 1.0) + x * ratio
+                product *= denominator * scale
+                ratio = x / denominator
+            log_scaled += shift * log1p(x) + tl.log(product)
+    return log_scaled, ratio
 
 
 @triton.jit
 def log_bessel_i_scaled(nu, x, shift):
-    """log I_nu(x) - nu log x, nu >= 0, x >= 0 (finite at x = 0)."""
-    log_scaled, _ = log_bessel_i_scaled_and_ratio(nu, x, shift)
+    """log I_nu(x) - nu log x, nu >= 0 (one value), x >= 0 (finite at x = 0).
+
+    In the Olver range (``shift`` == 0, i.e. nu >= 30) Olver's expansion alone: the ratio the
+    combined function also computes is not needed (the vMF log-normalizer, e.g. for the KL term).
+    """
+    if shift == 0:
+        log_scaled = _olver_log_bessel_i_scaled(nu, x)
+    else:
+        log_scaled = log_bessel_i_scaled_and_ratio(nu, x, shift)[0]
     return log_scaled
+
+
+@triton.jit
+def log_bessel_i(nu, x, shift):
+    """log I_nu(x), nu >= 0 (one value), x >= 0: -inf at x = 0 for nu > 0 (0 for nu = 0)."""
+    zero = x == 0.0
+    value = log_bessel_i_scaled(nu, x, shift) + nu * tl.log(tl.where(zero, 1.0, x))
+    at_zero = tl.where(nu == 0.0, 0.0, float("-inf"))
+    return tl.where(zero, at_zero, value)
 
 
 # ================================================================ normalizers (spherical_math.h)
@@ -368,12 +424,12 @@ def dlog_normalizer(kappa, dim, steps, FAMILY: tl.constexpr):
 
 @triton.jit
 def normalizer_quantity(kappa, dim, steps, FAMILY: tl.constexpr, QUANTITY: tl.constexpr):
-    """Quantity codes: 0 log C, 1 dlogC/dkappa, 2 d2logC/dkappa2, 3 entropy, 4 KL to uniform."""
-    if QUANTITY == 0:
+    """Quantity codes (op_codes.h): log C, dlogC/dkappa, d2logC/dkappa2, entropy, KL to uniform."""
+    if QUANTITY == LOG_NORMALIZER:
         return log_normalizer(kappa, dim, steps, FAMILY)
-    elif QUANTITY == 1:
+    elif QUANTITY == LOG_NORMALIZER_DERIVATIVE:
         return dlog_normalizer(kappa, dim, steps, FAMILY)
-    elif QUANTITY == 2:
+    elif QUANTITY == LOG_NORMALIZER_SECOND_DERIVATIVE:
         if FAMILY == POWER_SPHERICAL:
             return power_spherical_d2log_normalizer(kappa, dim, steps)
         else:
@@ -388,7 +444,7 @@ def normalizer_quantity(kappa, dim, steps, FAMILY: tl.constexpr, QUANTITY: tl.co
             log_c = -(nu + 1.0) * LOG2PI - log_scaled
             dlog_c = -ratio
         entropy = -log_c + tl.where(kappa == 0.0, 0.0, kappa * dlog_c)
-        if QUANTITY == 3:
+        if QUANTITY == ENTROPY:
             return entropy
         else:
             return log_sphere_area(dim) - entropy
@@ -539,7 +595,7 @@ def spherical_nll_kernel(
     accumulates |mu|^2, |t|^2 and mu.t over D in BLOCK_D chunks, then does the per-row
     scalar math in float64 (spherical_math.h: row_cosine, row_loss, row_gradient_coefficients):
       nll_out[r]      NLL (float32, or float64 for float64 inputs)
-      state_out[r, :] [mu_coef, target_coef, cross_coef, dnll_dkappa] (float64)
+      state_out[r, :] [mu_coef, target_coef, cross_coef, dnll_dkappa] (float64; columns: op_codes.h)
     With WRITE_GRAD_MU / WRITE_GRAD_TARGET it also writes the gradient for an upstream
     gradient ``grad_weight`` (the value the caller predicts for dL/dnll[r]):
       grad_mu[r]     = w (mu_coef mu + cross_coef t),  grad_target[r] = w (target_coef t + cross_coef mu)
@@ -656,11 +712,11 @@ def spherical_nll_kernel(
     # ---- the normalizers (kappa-only float64 math) and the row outputs
     nll, dnll_dkappa = row_nll(cos, kappa, dim, asymptotic_steps, FAMILY)
     tl.store(nll_out + out_idx, _store_type(tl.where(valid, nll, nan), nll_out.dtype.element_ty), mask=row_ok)
-    state_row = state_out + out_idx * 4
-    tl.store(state_row + 0, mu_coef, mask=row_ok)
-    tl.store(state_row + 1, target_coef, mask=row_ok)
-    tl.store(state_row + 2, cross_coef, mask=row_ok)
-    tl.store(state_row + 3, tl.where(valid, dnll_dkappa, nan), mask=row_ok)
+    state_row = state_out + out_idx * ROW_STATE_COLUMNS
+    tl.store(state_row + MU_COEF_COLUMN, mu_coef, mask=row_ok)
+    tl.store(state_row + TARGET_COEF_COLUMN, target_coef, mask=row_ok)
+    tl.store(state_row + CROSS_COEF_COLUMN, cross_coef, mask=row_ok)
+    tl.store(state_row + KAPPA_GRAD_COLUMN, tl.where(valid, dnll_dkappa, nan), mask=row_ok)
 
 
 # ================================================================ backward of the fused path
@@ -792,22 +848,36 @@ def special_function_kernel(a_ptr, b_ptr, out, n, olver_shift, FUNCTION: tl.cons
 
     FUNCTION: 0 lgamma_difference(a, b), 1 log2_plus_digamma_difference(a, b),
     2 trigamma_difference(a, b), 3 log_bessel_i_scaled(nu=a, x=b), 4 bessel_ratio(nu=a, x=b),
-    5 bessel_ratio_complement(nu=a, x=b). For 3-5 every a must share one ``olver_shift``.
+    5 bessel_ratio_complement(nu=a, x=b) (triton_ops.SPECIAL_FUNCTIONS), and beyond the ops'
+    launcher: 6 digamma_difference(a, b), 7 log_bessel_i(nu=a, x=b),
+    8 log_bessel_i_scaled_and_ratio(nu=a, x=b), whose two outputs go to out[0:n] (log part) and
+    out[n:2n] (ratio): out must hold 2n values.
+    For 3-5, 7 and 8 the order is one value per launch, as in the normalizer and row kernels (the
+    header's d = 3 and Olver-range branches are scalar branches on it): the kernel reads a[0], and
+    ``olver_shift`` must be its unit steps to the Olver range, ceil(30 - nu) or 0 for nu >= 30 (as
+    triton_ops.special_function computes it).
     """
+    tl.static_assert(FUNCTION <= 8, "special_function_kernel: FUNCTION is a code from 0 to 8")
     index = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK).to(tl.int64)
     ok = index < n
-    a = tl.load(a_ptr + index, mask=ok, other=1.0)
     b = tl.load(b_ptr + index, mask=ok, other=1.0)
     if FUNCTION == 0:
-        value = lgamma_difference(a, b, 10)
+        value = lgamma_difference(tl.load(a_ptr + index, mask=ok, other=1.0), b, 10)
     elif FUNCTION == 1:
-        value = log2_plus_digamma_difference(a, b, 10)
+        value = log2_plus_digamma_difference(tl.load(a_ptr + index, mask=ok, other=1.0), b, 10)
     elif FUNCTION == 2:
-        value = trigamma_difference(a, b, 10)
+        value = trigamma_difference(tl.load(a_ptr + index, mask=ok, other=1.0), b, 10)
+    elif FUNCTION == 6:
+        value = digamma_difference(tl.load(a_ptr + index, mask=ok, other=1.0), b, 10)
     elif FUNCTION == 3:
-        value = log_bessel_i_scaled(a, b, olver_shift)
+        value = log_bessel_i_scaled(tl.load(a_ptr), b, olver_shift)
     elif FUNCTION == 4:
-        value = bessel_ratio(a, b, olver_shift)
-    else:
-        value = bessel_ratio_complement(a, b, olver_shift)
+        value = bessel_ratio(tl.load(a_ptr), b, olver_shift)
+    elif FUNCTION == 5:
+        value = bessel_ratio_complement(tl.load(a_ptr), b, olver_shift)
+    elif FUNCTION == 7:
+        value = log_bessel_i(tl.load(a_ptr), b, olver_shift)
+    else:  # 8
+        value, ratio = log_bessel_i_scaled_and_ratio(tl.load(a_ptr), b, olver_shift)
+        tl.store(out + n + index, ratio, mask=ok)
     tl.store(out + index, value, mask=ok)
