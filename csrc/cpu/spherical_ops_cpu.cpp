@@ -15,7 +15,9 @@
 #include <cstring>
 #include <vector>
 
+#include "gradient_buffer_pool.h"
 #include "vissiam/op_checks.h"
+#include "vissiam/row_math_lanes.h"
 #include "vissiam/special_function_table.h"
 #include "vissiam/spherical_math.h"
 
@@ -236,29 +238,45 @@ void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_in
   const int64_t m_stride = view.mu.stride(0), t_stride = view.target.stride(0);
   const double w = pass.weight;
   at::parallel_for(0, rows, row_grain(dim, kRowMathElements), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const double kappa_i = view.kappa(i);
-      CHECK_ARG(valid_kappa(kappa_i), "kappa must be finite and >= 0; got ", kappa_i, " in row ", i,
-                " of view ", view_index);
-      const scalar_t* m_row = m_ptr + i * m_stride;
-      const scalar_t* t_row = t_ptr + i * t_stride;
-      const RowDots dots = row_dots(m_row, t_row, dim);
-      const RowLoss loss = row_loss(pass.family, row_cosine(dots), kappa_i, pass.dim);
-      const RowGradientCoefficients g = row_gradient_coefficients(dots, loss.dnll_dcos);
-      double value = loss.nll, dvalue_dkappa = loss.dnll_dkappa;
-      if (pass.kl_weight != 0.0) {
-        const auto kl = kl_uniform_and_derivative(pass.family, kappa_i, pass.dim);
-        value += pass.kl_weight * kl.first;
-        dvalue_dkappa += pass.kl_weight * kl.second;
+    // Rows in blocks of kRowLanes: the dot products row by row (streaming the rows), the special
+    // functions of the block's rows at once in vector lanes (row_math_lanes.h), then the gradient
+    // rows, read again while the block is still in cache. Each row's result does not depend on
+    // the block it falls in: bitwise the same for any thread count.
+    RowDots dots[kRowLanes];
+    double cosines[kRowLanes], kappas[kRowLanes];
+    RowLoss losses[kRowLanes];
+    for (int64_t first = begin; first < end; first += kRowLanes) {
+      const int n = static_cast<int>(std::min<int64_t>(kRowLanes, end - first));
+      for (int j = 0; j < n; ++j) {
+        const int64_t i = first + j;
+        kappas[j] = view.kappa(i);
+        CHECK_ARG(valid_kappa(kappas[j]), "kappa must be finite and >= 0; got ", kappas[j], " in row ", i,
+                  " of view ", view_index);
+        dots[j] = row_dots(m_ptr + i * m_stride, t_ptr + i * t_stride, dim);
+        cosines[j] = row_cosine(dots[j]);
       }
-      value_out[i] = value;
-      double* state = state_out + kRowStateColumns * i;
-      state[kMuCoefColumn] = w * g.mu_coef;
-      state[kTargetCoefColumn] = w * g.target_coef;
-      state[kCrossCoefColumn] = w * g.cross_coef;
-      state[kKappaGradColumn] = w * dvalue_dkappa;
-      if (gm_ptr) row_combination(m_row, t_row, gm_ptr + i * dim, dim, w * g.mu_coef, w * g.cross_coef);
-      if (gt_ptr) row_combination(t_row, m_row, gt_ptr + i * dim, dim, w * g.target_coef, w * g.cross_coef);
+      row_loss_lanes(pass.family, cosines, kappas, pass.dim, n, losses);
+      for (int j = 0; j < n; ++j) {
+        const int64_t i = first + j;
+        const RowLoss& loss = losses[j];
+        const RowGradientCoefficients g = row_gradient_coefficients(dots[j], loss.dnll_dcos);
+        double value = loss.nll, dvalue_dkappa = loss.dnll_dkappa;
+        if (pass.kl_weight != 0.0) {
+          const auto kl = kl_uniform_and_derivative(pass.family, kappas[j], pass.dim);
+          value += pass.kl_weight * kl.first;
+          dvalue_dkappa += pass.kl_weight * kl.second;
+        }
+        value_out[i] = value;
+        double* state = state_out + kRowStateColumns * i;
+        state[kMuCoefColumn] = w * g.mu_coef;
+        state[kTargetCoefColumn] = w * g.target_coef;
+        state[kCrossCoefColumn] = w * g.cross_coef;
+        state[kKappaGradColumn] = w * dvalue_dkappa;
+        const scalar_t* m_row = m_ptr + i * m_stride;
+        const scalar_t* t_row = t_ptr + i * t_stride;
+        if (gm_ptr) row_combination(m_row, t_row, gm_ptr + i * dim, dim, w * g.mu_coef, w * g.cross_coef);
+        if (gt_ptr) row_combination(t_row, m_row, gt_ptr + i * dim, dim, w * g.target_coef, w * g.cross_coef);
+      }
     }
   });
 }
@@ -272,8 +290,8 @@ void row_pass(const RowPass& pass, at::TensorList mu, at::TensorList target, at:
   for (size_t v = 0; v < mu.size(); ++v) {
     ViewBuffers view{unit_inner_stride(mu[v]), unit_inner_stride(target[v]),
                      KappaReader(pass.family == kCosine ? at::Tensor() : kappa[v]), {}, {}};
-    if (pass.grad_mu) view.grad_mu = at::empty(view.mu.sizes(), view.mu.options());
-    if (pass.grad_target) view.grad_target = at::empty(view.target.sizes(), view.target.options());
+    if (pass.grad_mu) view.grad_mu = GradientBufferPool::empty(view.mu.sizes(), view.mu.options());
+    if (pass.grad_target) view.grad_target = GradientBufferPool::empty(view.target.sizes(), view.target.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.mu.scalar_type(), "row_pass_cpu", [&] {
       row_pass_view<scalar_t>(pass, view, static_cast<int64_t>(v), values + row_offset,
                               state + kRowStateColumns * row_offset);
@@ -373,7 +391,7 @@ std::vector<at::Tensor> scaled_row_combination_cpu(const at::Tensor& scale, cons
   for (size_t v = 0; v < x.size(); ++v) {
     const at::Tensor xv = unit_inner_stride(x[v]);
     const at::Tensor yv = unit_inner_stride(y[v]);
-    at::Tensor out = at::empty(xv.sizes(), xv.options().memory_format(at::MemoryFormat::Contiguous));
+    at::Tensor out = GradientBufferPool::empty(xv.sizes(), xv.options());
     const int64_t rows = xv.size(0), dim = xv.size(1);
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, xv.scalar_type(), "scaled_row_combination_cpu", [&] {
       const scalar_t* x_ptr = xv.data_ptr<scalar_t>();
