@@ -25,8 +25,8 @@ DIMS = (2, 7, 8, 9, 15, 16, 17, 31, 33, 130)
 calls = dict.fromkeys(
     [
         "spherical_nll",
-        "spherical_nll_with_grad",
-        "rescale_rows_",
+        "spherical_loss_forward",
+        "spherical_loss",
         "scaled_row_combination",
         "normalizer_quantity",
         "special_function",
@@ -63,16 +63,28 @@ def check_nll() -> None:
                 assert nll.shape == (rows,) and state.shape == (rows, 4), name_m
                 assert bool(torch.isfinite(nll).all()), (dtype, dim, rows, name_m, family)
                 for grad_mu, grad_target in ((True, True), (True, False), (False, True)):
-                    out = ops.spherical_nll_with_grad([mu], [target], kappa, family, 0.5, grad_mu, grad_target)
-                    calls["spherical_nll_with_grad"] += 1
-                    _, _, gm, gt, applied = out
-                    assert len(gm) == int(grad_mu) and len(gt) == int(grad_target)
-                    ops.rescale_rows_(gm, gt, applied, torch.full((rows,), 2.0, dtype=dtype))
-                    calls["rescale_rows_"] += 1
+                    for reduction in (0, 1, 2):
+                        out = ops.spherical_loss_forward([mu], [target], kappa, family, reduction, 0.0, grad_mu,
+                                                         grad_target)
+                        calls["spherical_loss_forward"] += 1
+                        _, _, gm, gt = out
+                        assert len(gm) == int(grad_mu) and len(gt) == int(grad_target)
+                check_loss_with_backward(mu, target, kappa, family)
                 coef = torch.randn(rows, dtype=torch.float64)
                 (out,) = ops.scaled_row_combination(coef, coef, coef, [mu], [target])
                 calls["scaled_row_combination"] += 1
                 assert out.shape == (rows, dim) and out.is_contiguous()
+
+
+def check_loss_with_backward(mu, target, kappa, family) -> None:
+    """The public op with its C++ autograd: every reduction, fused and deferred paths, scaled upstream."""
+    p = mu.detach().clone().requires_grad_()
+    k = [t.detach().clone().requires_grad_() for t in kappa]
+    kl_weight = 0.0 if family == 0 else 0.1
+    for reduction in (0, 1, 2):
+        loss = ops.spherical_loss([p, p], [target, target], k + k, family, reduction, kl_weight, "p z k p z k")
+        (2.0 * loss).sum().backward()
+        calls["spherical_loss"] += 1
 
 
 def check_multi_view() -> None:
@@ -82,14 +94,14 @@ def check_multi_view() -> None:
         target = [torch.randn(*s, dtype=dtype) for s in shapes]
         kappa = [] if family == 0 else [torch.rand(s[0], dtype=torch.float64) * 10 for s in shapes]
         nll, state = ops.spherical_nll(mu, target, kappa, family)
-        _, _, gm, gt, applied = ops.spherical_nll_with_grad(mu, target, kappa, family, 1.0, True, True)
-        ops.rescale_rows_(gm, gt, applied, torch.linspace(0.5, 2.0, 8, dtype=torch.float64))
+        same = [torch.randn(5, 17, dtype=dtype) for _ in range(3)]  # the loss averages views row by row
+        kappa_same = [] if family == 0 else [torch.rand(5, dtype=torch.float64) * 10 for _ in range(3)]
+        ops.spherical_loss_forward(same, same[::-1], kappa_same, family, 1, 0.0, True, True)
         coef = torch.randn(8, dtype=torch.float32)
         outs = ops.scaled_row_combination(coef, coef, coef, mu, target)
         assert nll.shape == (8,) and [o.shape for o in outs] == [m.shape for m in mu]
         calls["spherical_nll"] += 1
-        calls["spherical_nll_with_grad"] += 1
-        calls["rescale_rows_"] += 1
+        calls["spherical_loss_forward"] += 1
         calls["scaled_row_combination"] += 1
 
 
@@ -100,9 +112,9 @@ def check_extreme_kappa() -> None:
         mu = torch.randn(len(special), dim, dtype=torch.float64)
         target = mu + 0.1 * torch.randn_like(mu)
         ops.spherical_nll([mu], [target], [kappa], family)
-        ops.spherical_nll_with_grad([mu], [target], [kappa], family, 1.0, True, True)
+        ops.spherical_loss_forward([mu], [target], [kappa], family, 1, 0.5, True, True)
         calls["spherical_nll"] += 1
-        calls["spherical_nll_with_grad"] += 1
+        calls["spherical_loss_forward"] += 1
         for quantity in range(5):
             for dtype in (torch.float32, torch.float64):
                 k = kappa.to(dtype)
@@ -142,7 +154,8 @@ def check_errors() -> None:
     bad_kappa = torch.tensor([1.0, -1.0, float("nan"), float("inf")])
     for family in (1, 2):
         expect_error(ops.spherical_nll, [mu], [mu], [bad_kappa], family)
-        expect_error(ops.spherical_nll_with_grad, [mu], [mu], [bad_kappa], family, 1.0, True, True)
+        expect_error(ops.spherical_loss_forward, [mu], [mu], [bad_kappa], family, 1, 0.0, True, True)
+        expect_error(ops.spherical_loss, [mu], [mu], [bad_kappa], family, 1, 0.0, "mu target kappa")
         expect_error(ops.normalizer_quantity, bad_kappa, 9, family, 0)
     expect_error(ops.spherical_nll, [mu], [mu[:3]], [], 0)
     expect_error(ops.spherical_nll, [mu], [mu], [], 3)
@@ -157,11 +170,11 @@ def check_errors() -> None:
     expect_error(ops.special_function, "no_such_function", torch.ones(2).double(), torch.ones(2).double())
     expect_error(ops.special_function, "lgamma_difference", torch.ones(2).double(), torch.ones(3).double())
     expect_error(ops.special_function, "lgamma_difference", torch.ones(2), torch.ones(2))
-    applied = torch.ones(4, dtype=torch.float64)
-    expect_error(ops.rescale_rows_, [torch.zeros(5, 9)], [], applied, torch.ones(4))
-    expect_error(ops.rescale_rows_, [torch.zeros(4, 9).t()], [], applied, torch.ones(4))
-    expect_error(ops.rescale_rows_, [torch.zeros(4, 9)], [], applied, torch.ones(3))
-    expect_error(ops.rescale_rows_, [torch.zeros(4, 9)], [], applied.float(), torch.ones(4))
+    expect_error(ops.spherical_loss_forward, [mu, mu[:3]], [mu, mu[:3]], [], 0, 1, 0.0, True, True)
+    expect_error(ops.spherical_loss_forward, [mu], [mu], [], 0, 3, 0.0, False, False)
+    expect_error(ops.spherical_loss_forward, [mu], [mu], [torch.ones(4)], 1, 1, float("nan"), False, False)
+    expect_error(ops.spherical_loss, [mu], [mu], [torch.ones(1, 4)], 1, 1, 0.0, "mu target kappa")
+    expect_error(ops.spherical_loss, [mu], [mu[:, :8]], [], 0, 1, 0.0, "p z kappa")
     expect_error(ops.scaled_row_combination, torch.ones(4), torch.ones(4), torch.ones(4), [mu], [mu[:, :8]])
     expect_error(ops.scaled_row_combination, torch.ones(3), torch.ones(4), torch.ones(4), [mu], [mu])
     expect_error(ops.scaled_row_combination, torch.ones(4), torch.ones(4), torch.ones(4), [mu], [])

@@ -56,13 +56,18 @@ def provider_medians(info: dict, median: float) -> list[tuple[str, float]]:
     """(provider, median seconds per call) pairs that one benchmark reports.
 
     A benchmark names one ``provider`` (its median per call: the round's median over
-    ``calls_per_round``), or carries ``paired_medians`` {provider: seconds}: providers timed in
+    ``calls_per_round``; a fused provider's benchmark also gives the pseudo-provider ``copy``, the
+    time of its minimum bytes at the copy bandwidth of the same run), or carries ``paired_medians`` {provider: seconds}: providers timed in
     alternation inside one benchmark (bench_train_step.py's paired step), each its own median."""
     if "paired_medians" in info:
         return list(info["paired_medians"].items())
-    if "provider" in info:
-        return [(info["provider"], median / info.get("calls_per_round", 1))]
-    return []
+    if "provider" not in info:
+        return []
+    pairs = [(info["provider"], median / info.get("calls_per_round", 1))]
+    if info["provider"].startswith("fused-") and info.get("min_bytes") and info.get("copy_GBps"):
+        # the memory floor of the group: its minimum bytes at the copy bandwidth of the same run
+        pairs.append(("copy", info["min_bytes"] / (info["copy_GBps"] * 1e9)))
+    return pairs
 
 
 def synchronize(device: torch.device) -> None:

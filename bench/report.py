@@ -27,7 +27,8 @@ from _harness import FUSED_PREFERENCE, provider_medians  # noqa: E402
 from conftest import TARGETS, check_targets  # noqa: E402  (bench/conftest.py: the one list of TARGETS)
 
 PROVIDER_ORDER = ("fused-cpu", "fused-triton", "fused-cuda", "compiled", "eager", "power_spherical_pkg",
-                  "scipy_ive", "simsiam_cosine")
+                  "scipy_ive", "simsiam_cosine", "copy")
+"""``copy``: the memory floor of a group (its minimum bytes at the copy bandwidth of the same run)."""
 STEP_PROVIDERS = ("simsiam", "vi_simsiam", "vi_simsiam_eager_loss")
 
 
@@ -144,11 +145,47 @@ def step_table(rows) -> list[str]:
     return out + [""]
 
 
-def other_tables(rows) -> list[str]:
-    """Groups of other benchmark files (neither the loss grid nor the training step)."""
+def compile_summary(rows) -> list[str]:
+    """In how many loss groups the fused kernel is at least as fast as torch.compile, and the worst."""
     groups = defaultdict(dict)
     for r in rows:
-        if not r["source"].endswith(("bench_losses.py", "bench_train_step.py")):
+        if r["source"].endswith("bench_losses.py"):
+            groups[r["group"]][r["provider"]] = r["median"]
+    ratios = {g: by["compiled"] / by[fused_baseline(by)] for g, by in groups.items()
+              if "compiled" in by and fused_baseline(by)}
+    if not ratios:
+        return []
+    ahead = sum(ratio >= 1.0 for ratio in ratios.values())
+    worst = sorted(ratios.items(), key=lambda kv: kv[1])[:5]
+    return [f"Fused kernel at least as fast as `torch.compile` in **{ahead} of {len(ratios)}** loss groups; "
+            "slowest against it: " + ", ".join(f"{g} ({r:.2f}x)" for g, r in worst) + ".", ""]
+
+
+def host_cost_table(rows) -> list[str]:
+    """bench_host_cost.py: each loss's time per call against SimSiam's cosine loss, per mode."""
+    groups = defaultdict(dict)
+    for r in rows:
+        if r["source"].endswith("bench_host_cost.py"):
+            groups[r["group"]][r["provider"]] = r["median"]
+    if not groups:
+        return []
+    out = ["## Host cost (B = 8, D = 16, 1 thread): time per call against SimSiam's cosine loss", "",
+           "Both views' loss per call; `fwd+bwd` includes backward(), `fwd` runs under no_grad. Providers "
+           "alternated in one benchmark.", "", "| group | provider | us per call | vs simsiam_cosine |",
+           "|---|---|---|---|"]
+    for group, by in sorted(groups.items()):
+        base = by.get("simsiam_cosine")
+        for provider, seconds in sorted(by.items(), key=lambda kv: kv[1]):
+            ratio = f"{seconds / base:.2f}x" if base else "-"
+            out.append(f"| {group} | {provider} | {1e6 * seconds:.1f} | {ratio} |")
+    return out + [""]
+
+
+def other_tables(rows) -> list[str]:
+    """Groups of other benchmark files (neither the loss grid nor the training step nor host cost)."""
+    groups = defaultdict(dict)
+    for r in rows:
+        if not r["source"].endswith(("bench_losses.py", "bench_train_step.py", "bench_host_cost.py")):
             groups[r["group"]][r["provider"]] = r
     if not groups:
         return []
@@ -167,7 +204,7 @@ def other_tables(rows) -> list[str]:
 def accuracy_table(rows) -> list[str]:
     worst = defaultdict(float)
     for r in rows:
-        if "rel_error_vs_float64" in r and r["provider"] != "simsiam_cosine":
+        if "rel_error_vs_float64" in r and r["provider"] not in ("simsiam_cosine", "copy"):
             key = (r["op"], r["dtype"], r["provider"])
             worst[key] = max(worst[key], r["rel_error_vs_float64"])
     if not worst:
@@ -282,7 +319,8 @@ def main(argv=None) -> None:
     lines += [f"![speedup plot]({name})" for name in plots] + [""]
     lines += targets_table(data, rows)
     lines += step_table(rows)
-    lines += ["## Losses", ""] + loss_tables(rows)
+    lines += host_cost_table(rows)
+    lines += ["## Losses", ""] + compile_summary(rows) + loss_tables(rows)
     lines += accuracy_table(rows)
     lines += other_tables(rows)
     report = out_dir / f"{stem}.md"

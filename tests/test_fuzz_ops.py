@@ -70,8 +70,8 @@ def test_fuzz_invalid_inputs_raise(case):
 @pytest.mark.parametrize("upstream", [0.7, 2.0])
 def test_regression_rescaled_overflowing_half_gradient_is_inf_not_nan(upstream):
     """Found by test_fuzz_nll_ops: a float16 gradient that overflows (kappa = 1e7) came back NaN, not
-    inf, when the upstream gradient differed from the predicted one: rescale_rows_ computed
-    factor * g + 0 * g, and 0 * inf = NaN. torch (and the reference) give inf there."""
+    inf, when the upstream gradient differed from the predicted one: the in-place rescale of the
+    training path then computed factor * g + 0 * g, and 0 * inf = NaN. torch (and the reference) give inf."""
     mu = torch.tensor([[1.5410, -0.2935]], dtype=torch.float16, requires_grad=True)
     target = torch.tensor([[-0.7192, -0.4033]], dtype=torch.float16)
     out = vk.vmf_nll(mu, target, torch.tensor([1e7]), reduction="none")

@@ -37,7 +37,7 @@ class FusedKernels:
 
     forward(mu, target, kappa, family, grad_weight, grad_mu, grad_target)
         -> (nll, row_state, grad_mu list, grad_target list, applied), the schema of
-        ``spherical_nll_with_grad`` (csrc/ops.cpp);
+        ``spherical_nll_with_grad`` (vissiam_kernels/triton_ops.py);
     rescale_(grad_mu list, grad_target list, applied, upstream) -> None, ``rescale_rows_``.
     """
 

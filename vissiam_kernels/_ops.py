@@ -121,7 +121,8 @@ def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
 def register_autograd(namespace: str = "vissiam_kernels") -> None:
     """Gradients of ``namespace::spherical_nll`` and ``namespace::normalizer_quantity``.
 
-    Any namespace that implements the three ops of csrc/ops.cpp with the same
+    Any namespace that implements the per-row ops of csrc/ops.cpp (spherical_nll,
+    scaled_row_combination, normalizer_quantity) with the same
     schemas (the C++ library, the Triton ops) shares these formulas.
     """
     ops = getattr(torch.ops, namespace)
