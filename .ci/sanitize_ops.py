@@ -64,8 +64,8 @@ def check_nll() -> None:
                 assert bool(torch.isfinite(nll).all()), (dtype, dim, rows, name_m, family)
                 for grad_mu, grad_target in ((True, True), (True, False), (False, True)):
                     for reduction in (0, 1, 2):
-                        out = ops.spherical_loss_forward([mu], [target], kappa, family, reduction, 0.0, grad_mu,
-                                                         grad_target)
+                        out = ops.spherical_loss_forward([mu], [target], kappa, family, reduction, 0.0, True,
+                                                         grad_mu, grad_target)
                         calls["spherical_loss_forward"] += 1
                         _, _, gm, gt = out
                         assert len(gm) == int(grad_mu) and len(gt) == int(grad_target)
@@ -96,7 +96,7 @@ def check_multi_view() -> None:
         nll, state = ops.spherical_nll(mu, target, kappa, family)
         same = [torch.randn(5, 17, dtype=dtype) for _ in range(3)]  # the loss averages views row by row
         kappa_same = [] if family == 0 else [torch.rand(5, dtype=torch.float64) * 10 for _ in range(3)]
-        ops.spherical_loss_forward(same, same[::-1], kappa_same, family, 1, 0.0, True, True)
+        ops.spherical_loss_forward(same, same[::-1], kappa_same, family, 1, 0.0, False, True, True)
         coef = torch.randn(8, dtype=torch.float32)
         outs = ops.scaled_row_combination(coef, coef, coef, mu, target)
         assert nll.shape == (8,) and [o.shape for o in outs] == [m.shape for m in mu]
@@ -112,7 +112,7 @@ def check_extreme_kappa() -> None:
         mu = torch.randn(len(special), dim, dtype=torch.float64)
         target = mu + 0.1 * torch.randn_like(mu)
         ops.spherical_nll([mu], [target], [kappa], family)
-        ops.spherical_loss_forward([mu], [target], [kappa], family, 1, 0.5, True, True)
+        ops.spherical_loss_forward([mu], [target], [kappa], family, 1, 0.5, True, True, True)
         calls["spherical_nll"] += 1
         calls["spherical_loss_forward"] += 1
         for quantity in range(5):
@@ -154,7 +154,7 @@ def check_errors() -> None:
     bad_kappa = torch.tensor([1.0, -1.0, float("nan"), float("inf")])
     for family in (1, 2):
         expect_error(ops.spherical_nll, [mu], [mu], [bad_kappa], family)
-        expect_error(ops.spherical_loss_forward, [mu], [mu], [bad_kappa], family, 1, 0.0, True, True)
+        expect_error(ops.spherical_loss_forward, [mu], [mu], [bad_kappa], family, 1, 0.0, True, True, True)
         expect_error(ops.spherical_loss, [mu], [mu], [bad_kappa], family, 1, 0.0, "mu target kappa")
         expect_error(ops.normalizer_quantity, bad_kappa, 9, family, 0)
     expect_error(ops.spherical_nll, [mu], [mu[:3]], [], 0)
@@ -170,9 +170,9 @@ def check_errors() -> None:
     expect_error(ops.special_function, "no_such_function", torch.ones(2).double(), torch.ones(2).double())
     expect_error(ops.special_function, "lgamma_difference", torch.ones(2).double(), torch.ones(3).double())
     expect_error(ops.special_function, "lgamma_difference", torch.ones(2), torch.ones(2))
-    expect_error(ops.spherical_loss_forward, [mu, mu[:3]], [mu, mu[:3]], [], 0, 1, 0.0, True, True)
-    expect_error(ops.spherical_loss_forward, [mu], [mu], [], 0, 3, 0.0, False, False)
-    expect_error(ops.spherical_loss_forward, [mu], [mu], [torch.ones(4)], 1, 1, float("nan"), False, False)
+    expect_error(ops.spherical_loss_forward, [mu, mu[:3]], [mu, mu[:3]], [], 0, 1, 0.0, True, True, True)
+    expect_error(ops.spherical_loss_forward, [mu], [mu], [], 0, 3, 0.0, True, False, False)
+    expect_error(ops.spherical_loss_forward, [mu], [mu], [torch.ones(4)], 1, 1, float("nan"), True, False, False)
     expect_error(ops.spherical_loss, [mu], [mu], [torch.ones(1, 4)], 1, 1, 0.0, "mu target kappa")
     expect_error(ops.spherical_loss, [mu], [mu[:, :8]], [], 0, 1, 0.0, "p z kappa")
     expect_error(ops.scaled_row_combination, torch.ones(4), torch.ones(4), torch.ones(4), [mu], [mu[:, :8]])

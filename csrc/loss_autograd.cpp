@@ -151,12 +151,13 @@ CanonicalViews canonical_views(at::TensorList mu, at::TensorList target, at::Ten
 using LossForwardOutputs = std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>;
 
 LossForwardOutputs call_loss_forward(const CanonicalViews& views, int64_t family, int64_t reduction,
-                                     double kl_weight, bool grad_mu, bool grad_target) {
+                                     double kl_weight, bool with_row_gradient, bool grad_mu, bool grad_target) {
   static const auto op = c10::Dispatcher::singleton()
                              .findSchemaOrThrow("vissiam_kernels::spherical_loss_forward", "")
                              .typed<LossForwardOutputs(at::TensorList, at::TensorList, at::TensorList, int64_t,
-                                                       int64_t, double, bool, bool)>();
-  return op.call(views.mu, views.target, views.kappa, family, reduction, kl_weight, grad_mu, grad_target);
+                                                       int64_t, double, bool, bool, bool)>();
+  return op.call(views.mu, views.target, views.kappa, family, reduction, kl_weight, with_row_gradient, grad_mu,
+                 grad_target);
 }
 
 std::vector<at::Tensor> call_scaled_row_combination(const at::Tensor& scale, const at::Tensor& coef_x,
@@ -221,7 +222,7 @@ class SphericalLoss : public torch::autograd::Function<SphericalLoss> {
         std::any_of(target.begin(), target.end(), [](const at::Tensor& t) { return t.requires_grad(); });
     const bool fused = (needs_mu || needs_target) && write_gradients_in_forward(views.mu[0], reduction);
     auto [loss, row_gradient, grad_mu, grad_target] =
-        call_loss_forward(views, family, reduction, kl_weight, fused && needs_mu, fused && needs_target);
+        call_loss_forward(views, family, reduction, kl_weight, true, fused && needs_mu, fused && needs_target);
 
     ctx->saved_data["views"] = static_cast<int64_t>(mu.size());
     ctx->saved_data["fused"] = fused;
@@ -333,7 +334,8 @@ at::Tensor spherical_loss_no_grad(at::TensorList mu, at::TensorList target, at::
                                   int64_t reduction, double kl_weight, c10::string_view names) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const CanonicalViews views = canonical_views(mu, target, kappa, family, names);
-  const at::Tensor loss = std::get<0>(call_loss_forward(views, family, reduction, kl_weight, false, false));
+  const at::Tensor loss =
+      std::get<0>(call_loss_forward(views, family, reduction, kl_weight, false, false, false));
   return reduction == kReductionNone ? loss.view(views.rows_shape) : loss;
 }
 
@@ -351,8 +353,8 @@ at::Tensor spherical_loss_autograd(at::TensorList mu, at::TensorList target, at:
 
 // spherical_loss_forward where no fused kernel is registered (CUDA): the per-row op, then ATen.
 LossForwardOutputs spherical_loss_forward_composite(at::TensorList mu, at::TensorList target, at::TensorList kappa,
-                                                    int64_t family, int64_t reduction, double kl_weight, bool grad_mu,
-                                                    bool grad_target) {
+                                                    int64_t family, int64_t reduction, double kl_weight,
+                                                    bool with_row_gradient, bool grad_mu, bool grad_target) {
   static const auto nll_op = c10::Dispatcher::singleton()
                                  .findSchemaOrThrow("vissiam_kernels::spherical_nll", "")
                                  .typed<std::tuple<at::Tensor, at::Tensor>(at::TensorList, at::TensorList,
@@ -384,7 +386,7 @@ LossForwardOutputs spherical_loss_forward_composite(at::TensorList mu, at::Tenso
   if (grad_target) {
     out_target = call_scaled_row_combination(ones, state.select(1, kTargetCoefColumn), cross, target, mu);
   }
-  return {loss, state, out_mu, out_target};
+  return {loss, with_row_gradient ? state : state.narrow(0, 0, 0), out_mu, out_target};
 }
 
 }  // namespace

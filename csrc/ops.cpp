@@ -37,10 +37,11 @@ TORCH_LIBRARY(vissiam_kernels, m) {
         " float kl_weight, str names) -> Tensor");
   // The same loss over canonical views (mu[v], target[v]: (B, D); kappa[v]: (B,)), and per row the
   // gradient coefficients of the output (row_gradient: (V B, 4) float64, RowStateColumn order,
-  // the reduction's weight included). With grad_mu / grad_target it also writes, in the same pass
-  // over the rows, the input gradients of the output: grad_mu[v] = dOut/dmu[v], (B, D) in mu's dtype.
+  // the reduction's weight included; (0, 4) unless with_row_gradient). With grad_mu / grad_target it
+  // also writes, in the same pass over the rows, the input gradients of the output:
+  // grad_mu[v] = dOut/dmu[v], (B, D) in mu's dtype.
   m.def("spherical_loss_forward(Tensor[] mu, Tensor[] target, Tensor[] kappa, int family, int reduction,"
-        " float kl_weight, bool grad_mu, bool grad_target)"
+        " float kl_weight, bool with_row_gradient, bool grad_mu, bool grad_target)"
         " -> (Tensor loss, Tensor row_gradient, Tensor[] grad_mu, Tensor[] grad_target)");
   // The header's special functions elementwise on float64 tensors a, b (same
   // shape), for testing the shared math through the CPU build: name is one of

@@ -141,11 +141,11 @@ def test_opcheck_spherical_loss(family, reduction):
                           ([p1, p2], [z2, z1], kappa, code, _codes.REDUCTION_CODES[reduction], kl_weight, "p1 z2 k1 p2 z1 k2"))
 
 
-@pytest.mark.parametrize("grads", [(False, False), (True, False), (True, True)])
-def test_opcheck_spherical_loss_forward(grads):
+@pytest.mark.parametrize("flags", [(False, False, False), (True, False, False), (True, True, False), (True, True, True)])
+def test_opcheck_spherical_loss_forward(flags):
     p, z, kappa = inputs()
     torch.library.opcheck(torch.ops.vissiam_kernels.spherical_loss_forward.default,
-                          ([p.detach()], [z], [kappa.detach()], 2, 1, 0.0, *grads))
+                          ([p.detach()], [z], [kappa.detach()], 2, 1, 0.0, *flags))
 
 
 def test_float16_with_a_gradscaler_upstream_keeps_its_small_gradients():

@@ -35,10 +35,10 @@ def _loss_fake(mu, target, kappa, family, reduction, kl_weight, names):
     return mu[0].new_empty(shape, dtype=dtype)
 
 
-def _loss_forward_fake(mu, target, kappa, family, reduction, kl_weight, grad_mu, grad_target):
+def _loss_forward_fake(mu, target, kappa, family, reduction, kl_weight, with_row_gradient, grad_mu, grad_target):
     views, rows = len(mu), mu[0].shape[0]
     loss = mu[0].new_empty((rows,) if reduction == REDUCTION_CODES["none"] else (), dtype=loss_dtype(*mu, *kappa))
-    row_gradient = mu[0].new_empty((views * rows, ROW_STATE_COLUMNS), dtype=torch.float64)
+    row_gradient = mu[0].new_empty((views * rows if with_row_gradient else 0, ROW_STATE_COLUMNS), dtype=torch.float64)
     out_mu = [torch.empty_like(m, memory_format=torch.contiguous_format) for m in mu] if grad_mu else []
     out_target = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in target] if grad_target else []
     return loss, row_gradient, out_mu, out_target

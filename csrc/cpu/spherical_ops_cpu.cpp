@@ -267,11 +267,13 @@ void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_in
           dvalue_dkappa += pass.kl_weight * kl.second;
         }
         value_out[i] = value;
-        double* state = state_out + kRowStateColumns * i;
-        state[kMuCoefColumn] = w * g.mu_coef;
-        state[kTargetCoefColumn] = w * g.target_coef;
-        state[kCrossCoefColumn] = w * g.cross_coef;
-        state[kKappaGradColumn] = w * dvalue_dkappa;
+        if (state_out != nullptr) {
+          double* state = state_out + kRowStateColumns * i;
+          state[kMuCoefColumn] = w * g.mu_coef;
+          state[kTargetCoefColumn] = w * g.target_coef;
+          state[kCrossCoefColumn] = w * g.cross_coef;
+          state[kKappaGradColumn] = w * dvalue_dkappa;
+        }
         const scalar_t* m_row = m_ptr + i * m_stride;
         const scalar_t* t_row = t_ptr + i * t_stride;
         if (gm_ptr) row_combination(m_row, t_row, gm_ptr + i * dim, dim, w * g.mu_coef, w * g.cross_coef);
@@ -294,7 +296,7 @@ void row_pass(const RowPass& pass, at::TensorList mu, at::TensorList target, at:
     if (pass.grad_target) view.grad_target = GradientBufferPool::empty(view.target.sizes(), view.target.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, view.mu.scalar_type(), "row_pass_cpu", [&] {
       row_pass_view<scalar_t>(pass, view, static_cast<int64_t>(v), values + row_offset,
-                              state + kRowStateColumns * row_offset);
+                              state == nullptr ? nullptr : state + kRowStateColumns * row_offset);
     });
     if (pass.grad_mu) grads_mu.push_back(view.grad_mu);
     if (pass.grad_target) grads_target.push_back(view.grad_target);
@@ -328,17 +330,19 @@ std::tuple<at::Tensor, at::Tensor> spherical_nll_cpu(at::TensorList mu, at::Tens
 // result for any thread count.
 std::tuple<at::Tensor, at::Tensor, std::vector<at::Tensor>, std::vector<at::Tensor>>
 spherical_loss_forward_cpu(at::TensorList mu, at::TensorList target, at::TensorList kappa, int64_t family,
-                           int64_t reduction, double kl_weight, bool grad_mu, bool grad_target) {
+                           int64_t reduction, double kl_weight, bool with_row_gradient, bool grad_mu,
+                           bool grad_target) {
   check_loss_views(mu, target, kappa, family, reduction, kl_weight, at::kCPU);
   const int64_t views = static_cast<int64_t>(mu.size());
   const int64_t rows = mu[0].size(0);
   const RowPass pass{static_cast<int>(family), static_cast<double>(mu[0].size(1)), kl_weight,
                      reduction_row_weight(reduction, views, rows), grad_mu, grad_target};
   const auto double_options = mu[0].options().dtype(at::kDouble);
-  at::Tensor row_state = at::empty({views * rows, kRowStateColumns}, double_options);
+  at::Tensor row_state = at::empty({with_row_gradient ? views * rows : 0, kRowStateColumns}, double_options);
   std::vector<double> values(static_cast<size_t>(views * rows));
   std::vector<at::Tensor> grads_mu, grads_target;
-  row_pass(pass, mu, target, kappa, values.data(), row_state.data_ptr<double>(), grads_mu, grads_target);
+  row_pass(pass, mu, target, kappa, values.data(), with_row_gradient ? row_state.data_ptr<double>() : nullptr,
+           grads_mu, grads_target);
 
   const auto out_options = mu[0].options().dtype(loss_dtype(mu, kappa));
   at::Tensor loss;
