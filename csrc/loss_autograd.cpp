@@ -229,7 +229,7 @@ class SphericalLoss : public torch::autograd::Function<SphericalLoss> {
     ctx->saved_data["needs_mu"] = needs_mu;
     ctx->saved_data["needs_target"] = needs_target;
     ctx->saved_data["reduction"] = reduction;
-    // The user's mu and kappa shape the gradients (views of the inputs, no copies).
+    // The deferred path keeps the canonical views (views of the inputs, no copies) for backward.
     std::vector<at::Tensor> to_save{row_gradient};
     if (!fused && (needs_mu || needs_target)) {
       to_save.insert(to_save.end(), views.mu.begin(), views.mu.end());

@@ -44,7 +44,7 @@ class Config:
     distribution: str = "power_spherical"
     kl_weight: float = 0.0
     kappa_input: str = "projector"
-    kappa_hidden_dim: int = 64
+    kappa_hidden_dim: int = 32  # every preset: the head predicts one number; width sets its cost (builder.KappaHead)
     kappa_min: float = 1e-2
     # optimization
     epochs: int = 100
@@ -86,7 +86,6 @@ PRESETS: dict[str, dict] = {
         pred_dim=512,
         proj_hidden_dim=2048,
         proj_layers=2,
-        kappa_hidden_dim=512,
         epochs=800,
         batch_size=512,
         lr=0.03,
@@ -106,7 +105,6 @@ PRESETS: dict[str, dict] = {
         pred_dim=512,
         proj_hidden_dim=2048,
         proj_layers=3,
-        kappa_hidden_dim=512,
         epochs=100,
         batch_size=512,
         lr=0.05,
