@@ -123,6 +123,17 @@ def select_backend(device: torch.device) -> str:
     return backend
 
 
+_LOSS_OP = []
+
+
+def spherical_loss_op():
+    """``torch.ops.vissiam_kernels.spherical_loss.default``, looked up once (an attribute chain and an
+    overload resolution per call otherwise)."""
+    if not _LOSS_OP:
+        _LOSS_OP.append(torch.ops.vissiam_kernels.spherical_loss.default)
+    return _LOSS_OP[0]
+
+
 def last_backend() -> str | None:
     """The backend that served the most recent eager call (None before the first)."""
     return _state["last"]

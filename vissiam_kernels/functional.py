@@ -85,13 +85,17 @@ def _reduction_code(reduction) -> int:
     return code
 
 
+def _stop_gradient(z: torch.Tensor) -> torch.Tensor:
+    return z.detach() if z.requires_grad else z  # a detach is a dispatch: skipped where it changes nothing
+
+
 def _loss(mu, target, kappa, family: int, reduction: str, kl_weight: float, names: str) -> torch.Tensor:
     """Every public loss: views mu, target (lists of (..., D)), kappa (one per view, or none for the
     cosine family), one call on the chosen backend. names: three argument names per view, for errors."""
     code = _reduction_code(reduction)
     backend = _dispatch.select_backend(mu[0].device)
     if backend in _dispatch.CXX_BACKENDS:
-        return torch.ops.vissiam_kernels.spherical_loss(mu, target, kappa, family, code, kl_weight, names)
+        return _dispatch.spherical_loss_op()(mu, target, kappa, family, code, kl_weight, names)
     return _composed.spherical_loss(backend, mu, target, kappa, family, reduction, kl_weight, names.split())
 
 
@@ -125,7 +129,7 @@ def vmf_loss(p: torch.Tensor, z: torch.Tensor, kappa=None, *, distribution: str 
     NLL under ``distribution`` ("vmf" or "power_spherical"), with gradients to p and kappa.
     """
     family = FAMILY_CODES[check_distribution(distribution)]
-    p, z = _tensor("p", p), _tensor("z", z).detach()
+    p, z = _tensor("p", p), _stop_gradient(_tensor("z", z))
     if kappa is None:
         return _loss([p], [z], [], _COSINE, reduction, 0.0, "p z kappa")
     return _loss([p], [z], [_kappa("kappa", kappa, p)], family, reduction, 0.0, "p z kappa")
@@ -158,7 +162,7 @@ def vi_simsiam_loss(
     """
     check_distribution(distribution, DISTRIBUTIONS + ("none",))
     p1, p2 = _tensor("p1", p1), _tensor("p2", p2)
-    z1, z2 = _tensor("z1", z1).detach(), _tensor("z2", z2).detach()
+    z1, z2 = _stop_gradient(_tensor("z1", z1)), _stop_gradient(_tensor("z2", z2))
     if distribution == "none":
         if kappa1 is not None or kappa2 is not None:
             raise ValueError("distribution='none' (plain SimSiam) takes no kappa; pass kappa1=kappa2=None")
