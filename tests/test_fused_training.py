@@ -163,3 +163,25 @@ def test_float16_with_a_gradscaler_upstream_keeps_its_small_gradients():
     representable = exact.grad.abs() > 6.1e-5  # fp16 normal range: there the rounding is relative
     relative = ((p.grad.double() - exact.grad).abs() / exact.grad.abs())[representable]
     assert relative.max() <= 2.0 ** -10, f"worst relative error {relative.max():.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("dim", [2048, 2047], ids=["rows-aligned", "rows-unaligned"])
+def test_gradient_rows_written_around_the_cache_equal_cached_writes(dtype, dim):
+    """A pass larger than half the last-level cache writes its gradient rows with non-temporal stores
+    (csrc/cpu/row_streams.h: stream_output); a few rows of the same inputs are written with ordinary
+    stores. Rows are independent and "sum" gives each the same weight, so the rows must agree bitwise:
+    float32/bfloat16/float64 in the forward's 3S path, float16 in the deferred backward
+    (scaled_row_combination). Unaligned rows (D = 2047) take the ordinary stores."""
+    rows = 8192 if dtype.itemsize <= 2 else 4096  # >= 64 MiB moved: streamed for any L3 up to 128 MiB
+    g = torch.Generator().manual_seed(3)
+    p = torch.randn(rows, dim, generator=g).to(dtype).requires_grad_()
+    z = torch.randn(rows, dim, generator=g).to(dtype)
+    kappa = (1e3 * torch.rand(rows, generator=g)).requires_grad_()
+    vk.vmf_loss(p, z, kappa, reduction="sum").backward()
+    assert vk.last_backend() == "cpu"
+    few = slice(1000, 1016)
+    p_few = p.detach()[few].clone().requires_grad_()
+    vk.vmf_loss(p_few, z[few], kappa.detach()[few], reduction="sum").backward()
+    assert torch.equal(p.grad[few], p_few.grad)
+    assert torch.isfinite(p.grad.float()).all() and p.grad.abs().sum() > 0

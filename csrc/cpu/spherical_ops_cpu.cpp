@@ -16,152 +16,16 @@
 #include <vector>
 
 #include "gradient_buffer_pool.h"
+#include "row_streams.h"
 #include "vissiam/op_checks.h"
 #include "vissiam/row_math_lanes.h"
 #include "vissiam/special_function_table.h"
 #include "vissiam/spherical_math.h"
 
-// Runtime ISA dispatch for the row loops (AVX-512 / AVX2 / baseline), so the
-// extension is portable yet uses wide vectors where present.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VISSIAM_ISA_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VISSIAM_ISA_CLONES
-#endif
-
 namespace vissiam {
 namespace {
 
 #define CHECK_ARG VISSIAM_CHECK_ARG
-
-// Eight lanes of double, through GCC/Clang vector extensions: the same lane
-// arithmetic whatever ISA clone runs (AVX-512, AVX2 or SSE2 split it
-// differently), so sums do not depend on the machine's vector width.
-typedef float f32x8 __attribute__((vector_size(32)));
-typedef double f64x8 __attribute__((vector_size(64)));
-typedef uint16_t u16x8 __attribute__((vector_size(16)));
-typedef uint32_t u32x8 __attribute__((vector_size(32)));
-typedef int32_t i32x8 __attribute__((vector_size(32)));
-typedef _Float16 f16x8 __attribute__((vector_size(16)));
-
-// Eight elements to double lanes. Half and bfloat16 are widened in vector registers (F16C's
-// vcvtph2ps for half where the ISA clone has it; bfloat16 is the top half of a float32, so a
-// 16-bit shift), never element by element through c10's scalar conversions.
-template <typename scalar_t>
-inline f64x8 load8(const scalar_t* p);
-template <>
-inline f64x8 load8<float>(const float* p) {
-  f32x8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return __builtin_convertvector(v, f64x8);
-}
-template <>
-inline f64x8 load8<double>(const double* p) {
-  f64x8 v;
-  std::memcpy(&v, p, sizeof(v));
-  return v;
-}
-template <>
-inline f64x8 load8<at::Half>(const at::Half* p) {
-  f16x8 h;
-  std::memcpy(&h, p, sizeof(h));
-  return __builtin_convertvector(__builtin_convertvector(h, f32x8), f64x8);
-}
-template <>
-inline f64x8 load8<at::BFloat16>(const at::BFloat16* p) {
-  u16x8 bits;
-  std::memcpy(&bits, p, sizeof(bits));
-  const u32x8 wide = __builtin_convertvector(bits, u32x8) << 16;
-  f32x8 v;
-  std::memcpy(&v, &wide, sizeof(v));
-  return __builtin_convertvector(v, f64x8);
-}
-
-// Eight double lanes rounded to the element type: double -> float -> element, each rounding to
-// nearest even, which is what c10's scalar conversions do (bitwise the same results).
-template <typename scalar_t>
-inline void store8(scalar_t* p, f64x8 v);
-template <>
-inline void store8<float>(float* p, f64x8 v) {
-  const f32x8 narrow = __builtin_convertvector(v, f32x8);
-  std::memcpy(p, &narrow, sizeof(narrow));
-}
-template <>
-inline void store8<double>(double* p, f64x8 v) {
-  std::memcpy(p, &v, sizeof(v));
-}
-template <>
-inline void store8<at::Half>(at::Half* p, f64x8 v) {
-  const f16x8 h = __builtin_convertvector(__builtin_convertvector(v, f32x8), f16x8);
-  std::memcpy(p, &h, sizeof(h));
-}
-template <>
-inline void store8<at::BFloat16>(at::BFloat16* p, f64x8 v) {
-  const f32x8 narrow = __builtin_convertvector(v, f32x8);
-  u32x8 bits;
-  std::memcpy(&bits, &narrow, sizeof(bits));
-  // c10::round_to_nearest_even: add 0x7FFF plus the lowest kept bit, keep the top 16; NaN -> 0x7FC0
-  const u32x8 rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
-  const i32x8 is_nan = narrow != narrow;
-  const u32x8 result = is_nan ? u32x8{} + 0x7FC0u : rounded;
-  const u16x8 halves = __builtin_convertvector(result, u16x8);
-  std::memcpy(p, &halves, sizeof(halves));
-}
-
-template <typename T>
-inline double to_double(T x) {
-  return static_cast<double>(static_cast<float>(x));
-}
-template <>
-inline double to_double<double>(double x) {
-  return x;
-}
-
-inline double horizontal_sum(f64x8 v) {
-  return ((v[0] + v[4]) + (v[2] + v[6])) + ((v[1] + v[5]) + (v[3] + v[7]));
-}
-
-// |a|^2, |b|^2 and a.b over n elements, accumulated in double: two sets of
-// eight lanes (for instruction-level parallelism), summed in a fixed order.
-template <typename scalar_t>
-VISSIAM_ISA_CLONES RowDots row_dots(const scalar_t* a, const scalar_t* b, int64_t n) {
-  f64x8 aa0 = {}, bb0 = {}, ab0 = {}, aa1 = {}, bb1 = {}, ab1 = {};
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const f64x8 x0 = load8(a + i), y0 = load8(b + i);
-    const f64x8 x1 = load8(a + i + 8), y1 = load8(b + i + 8);
-    aa0 += x0 * x0;
-    bb0 += y0 * y0;
-    ab0 += x0 * y0;
-    aa1 += x1 * x1;
-    bb1 += y1 * y1;
-    ab1 += x1 * y1;
-  }
-  double aa = horizontal_sum(aa0 + aa1), bb = horizontal_sum(bb0 + bb1), ab = horizontal_sum(ab0 + ab1);
-  for (; i < n; ++i) {
-    const double x = to_double(a[i]);
-    const double y = to_double(b[i]);
-    aa += x * x;
-    bb += y * y;
-    ab += x * y;
-  }
-  return RowDots{aa, bb, ab};
-}
-
-// out = cx * x + cy * y over n elements, computed in double and rounded once
-// (x and y nearly parallel make the float32 difference lose digits).
-template <typename scalar_t>
-VISSIAM_ISA_CLONES void row_combination(const scalar_t* x, const scalar_t* y, scalar_t* out,
-                                        int64_t n, double cx, double cy) {
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    store8(out + i, cx * load8(x + i) + cy * load8(y + i));
-  }
-  for (; i < n; ++i) {
-    out[i] = static_cast<scalar_t>(cx * to_double(x[i]) + cy * to_double(y[i]));
-  }
-}
 
 // Rows per parallel task: about 64K elements of work each, a row costing its D elements plus
 // ``row_math`` element-equivalents of per-row scalar work. The forward's special functions take
@@ -237,6 +101,8 @@ void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_in
   scalar_t* gt_ptr = pass.grad_target ? view.grad_target.data_ptr<scalar_t>() : nullptr;
   const int64_t m_stride = view.mu.stride(0), t_stride = view.target.stride(0);
   const double w = pass.weight;
+  const size_t row_bytes = static_cast<size_t>(rows * dim) * sizeof(scalar_t);  // one (B, D) tensor
+  const bool stream = stream_output(row_bytes * (2 + (gm_ptr ? 1 : 0) + (gt_ptr ? 1 : 0)));
   at::parallel_for(0, rows, row_grain(dim, kRowMathElements), [&](int64_t begin, int64_t end) {
     // Rows in blocks of kRowLanes: the dot products row by row (streaming the rows), the special
     // functions of the block's rows at once in vector lanes (row_math_lanes.h), then the gradient
@@ -276,10 +142,11 @@ void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_in
         }
         const scalar_t* m_row = m_ptr + i * m_stride;
         const scalar_t* t_row = t_ptr + i * t_stride;
-        if (gm_ptr) row_combination(m_row, t_row, gm_ptr + i * dim, dim, w * g.mu_coef, w * g.cross_coef);
-        if (gt_ptr) row_combination(t_row, m_row, gt_ptr + i * dim, dim, w * g.target_coef, w * g.cross_coef);
+        if (gm_ptr) row_combination(m_row, t_row, gm_ptr + i * dim, dim, w * g.mu_coef, w * g.cross_coef, stream);
+        if (gt_ptr) row_combination(t_row, m_row, gt_ptr + i * dim, dim, w * g.target_coef, w * g.cross_coef, stream);
       }
     }
+    if (stream) row_streams_fence();
   });
 }
 
@@ -402,12 +269,14 @@ std::vector<at::Tensor> scaled_row_combination_cpu(const at::Tensor& scale, cons
       const scalar_t* y_ptr = yv.data_ptr<scalar_t>();
       scalar_t* o_ptr = out.data_ptr<scalar_t>();
       const int64_t x_stride = xv.stride(0), y_stride = yv.stride(0);
+      const bool stream = stream_output(3 * static_cast<size_t>(out.nbytes()));  // read x, y; write out
       at::parallel_for(0, rows, row_grain(dim), [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           const int64_t r = row_offset + i;
           row_combination(x_ptr + i * x_stride, y_ptr + i * y_stride, o_ptr + i * dim, dim,
-                          s_ptr[r] * cx_ptr[r], s_ptr[r] * cy_ptr[r]);
+                          s_ptr[r] * cx_ptr[r], s_ptr[r] * cy_ptr[r], stream);
         }
+        if (stream) row_streams_fence();
       });
     });
     outputs.push_back(out);
