@@ -66,7 +66,7 @@ void fail(const char* fmt, ...) {
 // Row blocks: row_loss_lanes (its own run-time choice of width) called from a target_clones
 // function, as the CPU kernel would, or from a plain one; one width forced; the scalar loop.
 
-typedef void (*BlockFn)(int, const double*, const double*, double, int, RowLoss*);
+typedef void (*BlockFn)(int, const double*, const double*, double, int, RowLoss*, bool);
 
 CHECK_ISA_CLONES __attribute__((noinline)) void lanes_block_clones(int family, const double* cos,
                                                                     const double* kappa, double dim,
@@ -88,7 +88,7 @@ __attribute__((noinline)) void lanes_rows(int family, const double* cos, const d
                                           double dim, int64_t rows, RowLoss* out) {
   for (int64_t i = 0; i < rows; i += vissiam::kRowLanes) {
     const int n = static_cast<int>(std::min<int64_t>(vissiam::kRowLanes, rows - i));
-    F(family, cos + i, kappa + i, dim, n, out + i);
+    F(family, cos + i, kappa + i, dim, n, out + i, true);
   }
 }
 
@@ -439,8 +439,18 @@ void check_rows(std::mt19937_64& rng, bool quick) {
         for (size_t v = 0; v <= widths.size(); ++v) {
           RowLoss out[8];
           for (auto& o : out) o = sentinel;
-          if (v < widths.size()) widths[v].block(family, cos, kappa_arg, dim, m, out);
+          if (v < widths.size()) widths[v].block(family, cos, kappa_arg, dim, m, out, true);
           else lanes_block_clones(family, cos, kappa_arg, dim, m, out);
+          if (v < widths.size()) {  // the value alone (forward without gradients): bitwise the same nll
+            RowLoss value_only[8];
+            widths[v].block(family, cos, kappa_arg, dim, m, value_only, false);
+            for (int j = 0; j < m; ++j) {
+              if (std::memcmp(&value_only[j].nll, &out[j].nll, sizeof(double)) != 0) {
+                fail("%s value-only nll %.17g != %.17g (family %d, d=%g, kappa=%.17g, cos=%.17g)", widths[v].name,
+                     value_only[j].nll, out[j].nll, family, dim, kappa[j], cos[j]);
+              }
+            }
+          }
           for (int j = m; j < 8; ++j) {
             if (std::memcmp(&out[j], &sentinel, sizeof(RowLoss)) != 0) fail("lane %d >= n = %d written", j, m);
           }

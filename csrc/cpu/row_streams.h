@@ -1,5 +1,6 @@
 // The two streams over a pair of rows that every CPU kernel is made of, in float64 lanes:
-//   row_dots(a, b, n)                    -> |a|^2, |b|^2, a.b   (the forward's read of the rows)
+//   row_dots_block(a, b, rows, n, out)   -> |a|^2, |b|^2, a.b of each row of a block (the forward's
+//                                           read of the rows)
 //   row_combination(x, y, out, n, cx, cy):  out = cx x + cy y   (a gradient row, rounded once)
 // for float, double, Half and BFloat16 elements. A large output is written with non-temporal
 // stores (stream_output; row_streams_fence at the end of each parallel task).
@@ -207,6 +208,21 @@ VISSIAM_STREAM_INLINE void stream8<at::BFloat16>(at::BFloat16* p, f64x4 lo, f64x
 
 #include "row_streams_body.inc"
 
+// Eight 16-bit elements from one 16-byte load (the generic load8 makes two 8-byte loads, each
+// widened on its own): bfloat16 interleaved under zero halves is the float32 bit pattern.
+template <>
+VISSIAM_STREAM_INLINE f64x8 load8<at::BFloat16>(const at::BFloat16* p) {
+  const __m128i halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  const __m128i zero = _mm_setzero_si128();
+  return {(f64x4)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpacklo_epi16(zero, halves))),
+          (f64x4)_mm256_cvtps_pd(_mm_castsi128_ps(_mm_unpackhi_epi16(zero, halves)))};
+}
+template <>
+VISSIAM_STREAM_INLINE f64x8 load8<at::Half>(const at::Half* p) {
+  const __m256 wide = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return {(f64x4)_mm256_cvtps_pd(_mm256_castps256_ps128(wide)), (f64x4)_mm256_cvtps_pd(_mm256_extractf128_ps(wide, 1))};
+}
+
 }  // namespace streams_avx2
 #pragma GCC pop_options
 
@@ -222,11 +238,12 @@ inline bool row_streams_use_avx2() {
 
 // ---------------------------------------------------------------- the entry points
 template <typename scalar_t>
-inline RowDots row_dots(const scalar_t* a, const scalar_t* b, int64_t n) {
+inline void row_dots_block(const scalar_t* a, int64_t a_stride, const scalar_t* b, int64_t b_stride, int rows,
+                           int64_t n, RowDots* out) {
 #if defined(VISSIAM_ROW_STREAMS_X86)
-  if (row_streams_use_avx2()) return streams_avx2::row_dots(a, b, n);
+  if (row_streams_use_avx2()) return streams_avx2::row_dots_block(a, a_stride, b, b_stride, rows, n, out);
 #endif
-  return streams_portable::row_dots(a, b, n);
+  streams_portable::row_dots_block(a, a_stride, b, b_stride, rows, n, out);
 }
 
 template <typename scalar_t>

@@ -111,21 +111,31 @@ void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_in
     RowDots dots[kRowLanes];
     double cosines[kRowLanes], kappas[kRowLanes];
     RowLoss losses[kRowLanes];
+    RowGradientCoefficients coefficients[kRowLanes];
+    const bool need_coefficients = state_out != nullptr || gm_ptr != nullptr || gt_ptr != nullptr;
     for (int64_t first = begin; first < end; first += kRowLanes) {
       const int n = static_cast<int>(std::min<int64_t>(kRowLanes, end - first));
+      bool kappas_valid = true;
       for (int j = 0; j < n; ++j) {
-        const int64_t i = first + j;
-        kappas[j] = view.kappa(i);
-        CHECK_ARG(valid_kappa(kappas[j]), "kappa must be finite and >= 0; got ", kappas[j], " in row ", i,
-                  " of view ", view_index);
-        dots[j] = row_dots(m_ptr + i * m_stride, t_ptr + i * t_stride, dim);
-        cosines[j] = row_cosine(dots[j]);
+        kappas[j] = view.kappa(first + j);
+        kappas_valid &= valid_kappa(kappas[j]);
       }
-      row_loss_lanes(pass.family, cosines, kappas, pass.dim, n, losses);
+      if (!kappas_valid) {
+        for (int j = 0; j < n; ++j) {
+          CHECK_ARG(valid_kappa(kappas[j]), "kappa must be finite and >= 0; got ", kappas[j], " in row ",
+                    first + j, " of view ", view_index);
+        }
+      }
+      // the block's rows are read in one call; the per-row math after it runs as n independent chains
+      row_dots_block(m_ptr + first * m_stride, m_stride, t_ptr + first * t_stride, t_stride, n, dim, dots);
+      for (int j = 0; j < n; ++j) cosines[j] = row_cosine(dots[j]);
+      row_loss_lanes(pass.family, cosines, kappas, pass.dim, n, losses, /*with_derivatives=*/need_coefficients);
+      if (need_coefficients) {
+        for (int j = 0; j < n; ++j) coefficients[j] = row_gradient_coefficients(dots[j], losses[j].dnll_dcos);
+      }
       for (int j = 0; j < n; ++j) {
         const int64_t i = first + j;
         const RowLoss& loss = losses[j];
-        const RowGradientCoefficients g = row_gradient_coefficients(dots[j], loss.dnll_dcos);
         double value = loss.nll, dvalue_dkappa = loss.dnll_dkappa;
         if (pass.kl_weight != 0.0) {
           const auto kl = kl_uniform_and_derivative(pass.family, kappas[j], pass.dim);
@@ -133,6 +143,8 @@ void row_pass_view(const RowPass& pass, const ViewBuffers& view, int64_t view_in
           dvalue_dkappa += pass.kl_weight * kl.second;
         }
         value_out[i] = value;
+        if (!need_coefficients) continue;
+        const RowGradientCoefficients& g = coefficients[j];
         if (state_out != nullptr) {
           double* state = state_out + kRowStateColumns * i;
           state[kMuCoefColumn] = w * g.mu_coef;

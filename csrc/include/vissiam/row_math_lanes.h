@@ -168,6 +168,18 @@ template <int W> VISSIAM_LANES_INLINE void log_bessel_i_scaled_and_ratio(double 
   log_scaled = n == 0 ? log_scaled_top : log_scaled_top + n * l1p[4] + logs[2];
 }
 
+// log I_nu(x) - nu log x alone, for nu in Olver's range (olver_shift(nu) == 0): the terms of
+// log_bessel_i_scaled_and_ratio that the value needs, by the same operations (bitwise the same
+// value), without the ratio's second order, correction and exp.
+template <int W> VISSIAM_LANES_INLINE vec<W> olver_log_bessel_i_scaled(double nu, vec<W> x) {
+  const vec<W> s0 = hypot_order(nu, x);
+  vec<W> l1p[1] = {olver_correction(nu / s0, nu)};
+  log1p_each(l1p, 1);
+  vec<W> logs[2] = {nu + s0, s0};
+  log_each(logs, 2);
+  return s0 - nu * logs[0] - 0.5 * kLog2Pi - 0.5 * logs[1] + l1p[0];
+}
+
 // d = 3 (nu = 1/2): kHalfLogTwoOverPi + log_sinh_over_x(x) and langevin(x), sharing expm1(-2x).
 template <int W> VISSIAM_LANES_INLINE void log_bessel_i_scaled_and_ratio_half(vec<W> x,
                                                                               vec<W>& log_scaled,
@@ -196,9 +208,11 @@ template <int W> VISSIAM_LANES_INLINE void log_bessel_i_scaled_and_ratio_half(ve
 }
 
 // row_loss for up to 8 rows, W doubles per hardware vector.
+// Without `with_derivatives` only out[i].nll is meant to be read (dnll_dcos and dnll_dkappa may be
+// left out: NaN); it saves the vMF Bessel ratio in Olver's range (d >= 62), half that row math.
 template <int W> VISSIAM_LANES_INLINE void row_loss_block(int family, const double* cos,
                                                           const double* kappa, double dim, int n,
-                                                          RowLoss* out) {
+                                                          RowLoss* out, bool with_derivatives) {
   if (n <= 0) return;
   if (n > kRowLanes) n = kRowLanes;
   if (family == kCosine) {  // SimSiam's D(p, z): nothing to vectorize
@@ -221,7 +235,10 @@ template <int W> VISSIAM_LANES_INLINE void row_loss_block(int family, const doub
     } else {
       const double nu = 0.5 * dim - 1.0;
       vec<W> log_scaled, ratio;
-      if (nu == 0.5) {
+      if (!with_derivatives && vissiam::detail::olver_shift(nu) == 0) {
+        log_scaled = olver_log_bessel_i_scaled(nu, k);
+        ratio = splat<W>(__builtin_nan(""));
+      } else if (nu == 0.5) {
         log_bessel_i_scaled_and_ratio_half(k, log_scaled, ratio);
       } else {
         log_bessel_i_scaled_and_ratio(nu, k, log_scaled, ratio);
@@ -243,10 +260,11 @@ template <int W> VISSIAM_LANES_INLINE void row_loss_block(int family, const doub
 
 // For n in [1, 8] rows: out[i] = row_loss(family, cos[i], kappa[i], dim) for i < n. Lanes >= n
 // are padding (cos = 0, kappa = 1), their results not written. kappa is not read for kCosine
-// (it may be null there).
+// (it may be null there). with_derivatives = false: only out[i].nll is computed for sure (see
+// row_loss_block).
 inline void row_loss_lanes_w2(int family, const double* cos, const double* kappa, double dim,
-                              int n, RowLoss* out) {
-  lanes::detail::row_loss_block<2>(family, cos, kappa, dim, n, out);
+                              int n, RowLoss* out, bool with_derivatives = true) {
+  lanes::detail::row_loss_block<2>(family, cos, kappa, dim, n, out, with_derivatives);
 }
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -254,13 +272,15 @@ inline void row_loss_lanes_w2(int family, const double* cos, const double* kappa
 // AVX2 + FMA: two vectors of 4 lanes.
 __attribute__((target("avx2,fma"))) inline void row_loss_lanes_w4(int family, const double* cos,
                                                                   const double* kappa, double dim,
-                                                                  int n, RowLoss* out) {
-  lanes::detail::row_loss_block<4>(family, cos, kappa, dim, n, out);
+                                                                  int n, RowLoss* out,
+                                                                  bool with_derivatives = true) {
+  lanes::detail::row_loss_block<4>(family, cos, kappa, dim, n, out, with_derivatives);
 }
 // AVX-512: one vector of 8 lanes.
 __attribute__((target("avx512f,avx512dq,avx2,fma"))) inline void row_loss_lanes_w8(
-    int family, const double* cos, const double* kappa, double dim, int n, RowLoss* out) {
-  lanes::detail::row_loss_block<8>(family, cos, kappa, dim, n, out);
+    int family, const double* cos, const double* kappa, double dim, int n, RowLoss* out,
+    bool with_derivatives = true) {
+  lanes::detail::row_loss_block<8>(family, cos, kappa, dim, n, out, with_derivatives);
 }
 #endif
 
@@ -280,18 +300,18 @@ inline int row_loss_lanes_width() {
 }
 
 inline void row_loss_lanes(int family, const double* cos, const double* kappa, double dim, int n,
-                           RowLoss* out) {
+                           RowLoss* out, bool with_derivatives = true) {
 #if defined(VISSIAM_ROW_LANES_X86)
   switch (row_loss_lanes_width()) {
     case 8:
-      return row_loss_lanes_w8(family, cos, kappa, dim, n, out);
+      return row_loss_lanes_w8(family, cos, kappa, dim, n, out, with_derivatives);
     case 4:
-      return row_loss_lanes_w4(family, cos, kappa, dim, n, out);
+      return row_loss_lanes_w4(family, cos, kappa, dim, n, out, with_derivatives);
     default:
       break;
   }
 #endif
-  row_loss_lanes_w2(family, cos, kappa, dim, n, out);
+  row_loss_lanes_w2(family, cos, kappa, dim, n, out, with_derivatives);
 }
 
 }  // namespace vissiam
