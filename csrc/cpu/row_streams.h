@@ -162,20 +162,25 @@ VISSIAM_STREAM_INLINE void store4<at::Half>(at::Half* p, f64x4 v) {
   const __m128i h = _mm_cvtps_ph(_mm256_cvtpd_ps((__m256d)v), _MM_FROUND_TO_NEAREST_INT);
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), h);
 }
-template <>
-VISSIAM_STREAM_INLINE void store4<at::BFloat16>(at::BFloat16* p, f64x4 v) {
+// Four lanes as bfloat16 bit patterns in the low halves of 32-bit lanes. c10::round_to_nearest_even:
+// add 0x7FFF plus the lowest kept bit, keep the top 16; NaN -> 0x7FC0.
+VISSIAM_STREAM_INLINE __m128i bfloat16_bits(f64x4 v) {
   const __m128 narrow = _mm256_cvtpd_ps((__m256d)v);
   const __m128i bits = _mm_castps_si128(narrow);
-  // c10::round_to_nearest_even: add 0x7FFF plus the lowest kept bit, keep the top 16; NaN -> 0x7FC0
   const __m128i lowest_kept = _mm_and_si128(_mm_srli_epi32(bits, 16), _mm_set1_epi32(1));
   const __m128i rounded = _mm_srli_epi32(_mm_add_epi32(_mm_add_epi32(bits, _mm_set1_epi32(0x7FFF)), lowest_kept), 16);
   const __m128i is_nan = _mm_castps_si128(_mm_cmpunord_ps(narrow, narrow));
-  const __m128i result = _mm_blendv_epi8(rounded, _mm_set1_epi32(0x7FC0), is_nan);
-  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(result, result));
+  return _mm_blendv_epi8(rounded, _mm_set1_epi32(0x7FC0), is_nan);
+}
+template <>
+VISSIAM_STREAM_INLINE void store4<at::BFloat16>(at::BFloat16* p, f64x4 v) {
+  const __m128i bits = bfloat16_bits(v);
+  _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi32(bits, bits));
 }
 
 // Eight lanes to a 16-byte aligned address with non-temporal stores (movntps / movntdq): the
-// line is written without being read first, a third less traffic for a gradient write.
+// line is written without being read first, a third less traffic for a gradient write. The
+// eight results are assembled in registers (a round trip through memory would stall the store).
 template <typename scalar_t>
 VISSIAM_STREAM_INLINE void stream8(scalar_t* p, f64x4 lo, f64x4 hi);
 template <>
@@ -190,20 +195,23 @@ VISSIAM_STREAM_INLINE void stream8<double>(double* p, f64x4 lo, f64x4 hi) {
   _mm_stream_pd(p + 4, _mm256_castpd256_pd128((__m256d)hi));
   _mm_stream_pd(p + 6, _mm256_extractf128_pd((__m256d)hi, 1));
 }
-template <typename scalar_t>
-VISSIAM_STREAM_INLINE void stream8_16bit(scalar_t* p, f64x4 lo, f64x4 hi) {
-  alignas(16) scalar_t eight[8];
-  store4(eight, lo);
-  store4(eight + 4, hi);
-  _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm_load_si128(reinterpret_cast<const __m128i*>(eight)));
-}
 template <>
 VISSIAM_STREAM_INLINE void stream8<at::Half>(at::Half* p, f64x4 lo, f64x4 hi) {
-  stream8_16bit(p, lo, hi);
+  const __m256 eight = _mm256_set_m128(_mm256_cvtpd_ps((__m256d)hi), _mm256_cvtpd_ps((__m256d)lo));
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(eight, _MM_FROUND_TO_NEAREST_INT));
 }
 template <>
 VISSIAM_STREAM_INLINE void stream8<at::BFloat16>(at::BFloat16* p, f64x4 lo, f64x4 hi) {
-  stream8_16bit(p, lo, hi);
+  // bfloat16_bits on eight lanes at once (one 256-bit register), then packed to 16 bits
+  const __m256 narrow = _mm256_set_m128(_mm256_cvtpd_ps((__m256d)hi), _mm256_cvtpd_ps((__m256d)lo));
+  const __m256i bits = _mm256_castps_si256(narrow);
+  const __m256i lowest_kept = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7FFF)), lowest_kept), 16);
+  const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(narrow, narrow, _CMP_UNORD_Q));
+  const __m256i result = _mm256_blendv_epi8(rounded, _mm256_set1_epi32(0x7FC0), is_nan);
+  _mm_stream_si128(reinterpret_cast<__m128i*>(p),
+                   _mm_packus_epi32(_mm256_castsi256_si128(result), _mm256_extracti128_si256(result, 1)));
 }
 
 #include "row_streams_body.inc"
