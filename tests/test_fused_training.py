@@ -185,3 +185,43 @@ def test_gradient_rows_written_around_the_cache_equal_cached_writes(dtype, dim):
     vk.vmf_loss(p_few, z[few], kappa.detach()[few], reduction="sum").backward()
     assert torch.equal(p.grad[few], p_few.grad)
     assert torch.isfinite(p.grad.float()).all() and p.grad.abs().sum() > 0
+
+
+_PORTABLE_STREAMS_PROGRAM = r"""
+import sys, torch, vissiam_kernels as vk
+g = torch.Generator().manual_seed(5)
+out = {}
+for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    for rows, dim in ((37, 3), (64, 130), (2048, 2048)):  # tails, a row of 8 + 2, streamed writes
+        p = torch.randn(rows, dim, generator=g).to(dtype).requires_grad_()
+        z = torch.randn(rows, dim, generator=g).to(dtype)
+        kappa = (50 * torch.rand(rows, generator=g)).requires_grad_()
+        loss = vk.vmf_loss(p, z, kappa, reduction="sum")
+        loss.backward()
+        assert vk.last_backend() == "cpu"
+        out[f"{dtype}-{rows}-{dim}"] = (loss.detach().double(), p.grad.double(), kappa.grad.double())
+torch.save(out, sys.argv[1])
+"""
+
+
+def test_portable_row_streams_agree_with_the_vector_path(tmp_path):
+    """The portable row streams (plain vector extensions: non-x86 CPUs, x86 without AVX2) against the
+    AVX2 path that this machine takes by default, on the same inputs: losses to float64 rounding,
+    gradients to one rounding of their dtype (the paths contract products into FMAs differently)."""
+    import os
+    import subprocess
+    import sys
+
+    results = {}
+    for name, env in (("default", {}), ("portable", {"VISSIAM_CPU_STREAMS": "portable"})):
+        path = tmp_path / f"{name}.pt"
+        subprocess.run([sys.executable, "-c", _PORTABLE_STREAMS_PROGRAM, str(path)], check=True,
+                       env={**os.environ, "VISSIAM_BACKEND": "cpu", **env}, timeout=600)
+        results[name] = torch.load(path)
+    assert results["default"].keys() == results["portable"].keys()
+    for key, (loss, grad_p, grad_kappa) in results["default"].items():
+        loss_p, grad_p_p, grad_kappa_p = results["portable"][key]
+        eps = torch.finfo(getattr(torch, key.split("-")[0].removeprefix("torch."))).eps
+        torch.testing.assert_close(loss_p, loss, rtol=1e-12, atol=0, msg=key)
+        torch.testing.assert_close(grad_kappa_p, grad_kappa, rtol=1e-12, atol=1e-15, msg=key)
+        torch.testing.assert_close(grad_p_p, grad_p, rtol=eps, atol=eps * grad_p.abs().max().item(), msg=key)

@@ -19,6 +19,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 
 #include <algorithm>
@@ -234,9 +235,12 @@ VISSIAM_STREAM_INLINE f64x8 load8<at::Half>(const at::Half* p) {
 }  // namespace streams_avx2
 #pragma GCC pop_options
 
-// Whether this CPU runs the AVX2 path (decided once).
+// Whether this CPU runs the AVX2 path (decided once). VISSIAM_CPU_STREAMS=portable takes the
+// portable path on any CPU (how the tests check it on x86 machines).
 inline bool row_streams_use_avx2() {
   static const bool use = [] {
+    const char* choice = std::getenv("VISSIAM_CPU_STREAMS");
+    if (choice != nullptr && std::string(choice) == "portable") return false;
     __builtin_cpu_init();
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
   }();
