@@ -106,7 +106,7 @@ def _is_toolkit(root: str | os.PathLike | None) -> bool:
 
 def find_cuda_toolkit() -> Path:
     """The CUDA toolkit root to compile with; makes torch.utils.cpp_extension use it too."""
-    from torch.utils import cpp_extension
+    cpp_extension = _extension.import_cpp_extension()
 
     for variable in ("CUDA_HOME", "CUDA_PATH"):
         explicit = os.environ.get(variable)
@@ -160,7 +160,7 @@ def build(archs: list[str] | None = None) -> Path:
         archs = list(archs) if archs is not None else arch_list()
         flags = gencode_flags(archs)
         find_cuda_toolkit()
-        from torch.utils import cpp_extension
+        cpp_extension = _extension.import_cpp_extension()
 
         src = _extension.source_dir()
         build_dir = _extension.build_root() / f"{LIBRARY_NAME}_{_arch_tag(archs)}"

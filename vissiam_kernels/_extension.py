@@ -42,11 +42,29 @@ def _log(message: str) -> None:
     print(f"vissiam_kernels: {message}", file=sys.stderr, flush=True)
 
 
+def import_cpp_extension():
+    """``torch.utils.cpp_extension``, imported without its warning "No CUDA runtime is found, using
+    CUDA_HOME=...": the module guesses CUDA_HOME when it is imported and warns on every machine
+    without a GPU, though nothing here needs CUDA unless a CUDA tensor is passed (and on a machine
+    that has one, there is no warning to hide)."""
+    import logging
+
+    if "torch.utils.cpp_extension" in sys.modules:
+        return sys.modules["torch.utils.cpp_extension"]
+    logger = logging.getLogger("torch.utils.cpp_extension")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from torch.utils import cpp_extension
+    finally:
+        logger.setLevel(level)
+    return cpp_extension
+
+
 @functools.cache
 def load_cpu_library() -> None:
     """Compile (first use only) and load the CPU kernels; registers ``torch.ops.vissiam_kernels``."""
-    from torch.utils import cpp_extension
-
+    cpp_extension = import_cpp_extension()
     src = source_dir()
     name = "vissiam_kernels_cpu"
     cflags, ldflags = ["-O3", "-fno-math-errno", "-fopenmp"], ["-fopenmp"]
