@@ -22,6 +22,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .constraints import Choice, Constraint, Flag, Integer, Real, Text
 from .data import ConfigError
 
 
@@ -145,25 +146,89 @@ def resolve(preset: str = "digits", **overrides) -> Config:
     return cfg
 
 
-def validate(cfg: Config) -> None:
-    from .builder import DISTRIBUTIONS, KAPPA_INPUTS
+def _backbones() -> tuple:
+    from .backbones import BACKBONES
 
+    return tuple(BACKBONES)
+
+
+def _distributions() -> tuple:
+    from .builder import DISTRIBUTIONS
+
+    return DISTRIBUTIONS
+
+
+def _kappa_inputs() -> tuple:
+    from .builder import KAPPA_INPUTS
+
+    return KAPPA_INPUTS
+
+
+# What every field may be: one entry per field of Config (checked below, so that no field is added
+# without its rule), checked by validate() whenever a config is resolved, loaded or resumed.
+FIELD_RULES: dict[str, Constraint] = {
+    # data
+    "preset": Choice(tuple(PRESETS)),
+    "dataset": Choice(("digits", "cifar10", "cifar100", "imagefolder")),
+    "data_dir": Text(),
+    "download": Flag(),
+    "augmentation": Choice(("digits", "cifar", "imagenet")),
+    "image_size": Integer(low=8),
+    "in_channels": Choice((1, 3)),
+    # model
+    "backbone": Choice(_backbones),
+    "dim": Integer(low=2),  # the sphere S^{dim-1} needs dim >= 2
+    "pred_dim": Integer(low=1),
+    "proj_hidden_dim": Integer(low=1),
+    "proj_layers": Integer(low=1),
+    "distribution": Choice(_distributions),
+    "kl_weight": Real(low=0.0),
+    "kappa_input": Choice(_kappa_inputs),
+    "kappa_hidden_dim": Integer(low=1),
+    "kappa_min": Real(low=0.0, low_open=True),
+    # optimization
+    "epochs": Integer(low=1),
+    "batch_size": Integer(low=2),  # batch norm needs two images
+    "lr": Real(low=0.0, low_open=True),
+    "weight_decay": Real(low=0.0),
+    "momentum": Real(low=0.0, high=1.0, high_open=True),
+    "warmup_epochs": Integer(low=0),
+    "fix_pred_lr": Flag(),
+    # system
+    "device": Choice(("auto", "cpu", "cuda")),
+    "amp": Choice(("auto", "none", "bf16", "fp16")),
+    "dtype": Choice(("float32", "float64")),
+    "workers": Integer(low=0),
+    "threads": Integer(low=1, optional=True),
+    "seed": Integer(low=0, high=2**63 - 1),
+    "deterministic": Flag(),
+    # run
+    "output_dir": Text(),
+    "log_every": Integer(low=1),
+    "evaluate": Flag(),
+    "knn_k": Integer(low=1),
+    "knn_temperature": Real(low=0.0, low_open=True),
+    "eval_batch_size": Integer(low=1),
+}
+_missing = {f.name for f in dataclasses.fields(Config)} ^ set(FIELD_RULES)
+if _missing:
+    raise RuntimeError(f"vi_simsiam.config: FIELD_RULES and Config differ in {sorted(_missing)}")
+
+
+def option_name(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def validate(cfg: Config) -> None:
+    """Every field against FIELD_RULES, then the rules that tie fields together; a ConfigError names
+    the option, the value and what is allowed."""
+    for name, rule in FIELD_RULES.items():
+        value = getattr(cfg, name)
+        if not rule.allows(value):
+            raise ConfigError(f"{option_name(name)} {value!r}: must be {rule.describe()}")
     checks = [
-        (cfg.distribution in DISTRIBUTIONS, f"--distribution must be one of {', '.join(DISTRIBUTIONS)}"),
-        (cfg.kappa_input in KAPPA_INPUTS, f"--kappa-input must be one of {', '.join(KAPPA_INPUTS)}"),
-        (cfg.amp in ("auto", "none", "bf16", "fp16"), "--amp must be auto, none, bf16 or fp16"),
-        (cfg.dtype in ("float32", "float64"), "--dtype must be float32 or float64"),
         (cfg.dtype == "float32" or cfg.amp in ("auto", "none"), "--amp needs --dtype float32"),
-        (cfg.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
-        (cfg.epochs >= 1, "--epochs must be at least 1"),
-        (cfg.batch_size >= 2, "--batch-size must be at least 2 (batch norm needs two images)"),
-        (cfg.lr > 0, "--lr must be positive"),
-        (cfg.warmup_epochs >= 0, "--warmup-epochs must be non-negative"),
-        (cfg.kappa_min > 0, "--kappa-min must be positive"),
-        (cfg.kl_weight >= 0, "--kl-weight must be non-negative"),
         (not (cfg.distribution == "none" and cfg.kl_weight), "--kl-weight needs a distribution (not 'none')"),
-        (cfg.workers >= 0, "--workers must be non-negative"),
-        (cfg.knn_k >= 1, "--knn-k must be at least 1"),
     ]
     for ok, message in checks:
         if not ok:
@@ -192,4 +257,6 @@ def merge_for_resume(saved: Config, overrides: dict) -> Config:
                 "a resumed run keeps its configuration (start a new run to change it)"
             )
         values[key] = value
-    return Config(**values)
+    cfg = Config(**values)
+    validate(cfg)
+    return cfg
