@@ -306,3 +306,22 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
             continue
         moved = (weight - initial[key]).abs().max()
         assert (weight - b["model"][key]).abs().max() <= 1e-9 * moved + 1e-15, key
+
+
+# ---------------------------------------------------------------------------- divergence
+def test_a_diverging_run_stops_without_saving_the_broken_state(tmp_path, capsys, restore_torch_globals):
+    """An absurd learning rate: the loss turns NaN/inf; the run stops with one line naming the epoch and
+    step, exit status 1, and the checkpoint on disk is the last good one (here: step 0), loadable."""
+    from vi_simsiam import checkpoint
+
+    run_dir = tmp_path / "run"
+    code = cli.main(["pretrain", *TINY, "--epochs", "3", "--lr", "1e30", "--warmup-epochs", "0",
+                     "--log-every", "1000", "--no-evaluate", "--output-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("vi-simsiam: error: the loss became NaN or infinite at epoch 1, step "), err
+    assert "Traceback" not in err
+    state = checkpoint.load(run_dir / CHECKPOINT_NAME)
+    assert state["step"] == 0 and state["epoch"] == 0
+    assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())

@@ -114,6 +114,13 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"vi-simsiam: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a run that diverged: one line, no traceback; anything else keeps its traceback
+        from .pretrain import TrainingDiverged
+
+        if not isinstance(error, TrainingDiverged):
+            raise
+        print(f"vi-simsiam: error: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

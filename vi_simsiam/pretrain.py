@@ -176,6 +176,10 @@ def batch_statistics(out) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- the run
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite: the run stops, and no checkpoint of that state is written."""
+
+
 class Trainer:
     def __init__(self, cfg: config_lib.Config, ctx: distributed.Context, run_dir: Path, resume_from: Path | None):
         self.cfg, self.ctx, self.run_dir = cfg, ctx, run_dir
@@ -209,6 +213,10 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = 0, 0, 0
         if resume_from is not None:
             self._load(resume_from)
+        # The first step whose loss was not finite (-1: none), kept on the device so that watching it
+        # costs no synchronization; read where the run would log or save (check_finite).
+        self.first_bad_step = torch.tensor(-1, device=ctx.device)
+        self.saved_at = (self.epoch, self.step)  # where the checkpoint on disk stands
         self.net = self.model
         if ctx.distributed:
             with warnings.catch_warnings():
@@ -245,8 +253,37 @@ class Trainer:
         self.epoch, self.batch_in_epoch, self.step = state["epoch"], state["batch_in_epoch"], state["step"]
 
     def save(self) -> None:
+        """Writes the checkpoint after check_finite (a diverged state is never saved); every process
+        calls it together."""
+        self.check_finite()
+        self.write_checkpoint()
+
+    def write_checkpoint(self) -> None:
+        """The checkpoint file, without the check (the main process alone may call it: step 0)."""
         if self.ctx.is_main:
             ckpt.save_atomic(self.state(), self.run_dir / ckpt.CHECKPOINT_NAME)
+        self.saved_at = (self.epoch, self.step)
+
+    def watch_finite(self, loss: torch.Tensor) -> None:
+        """Records self.step (just taken) if its loss is NaN or infinite and no earlier step was."""
+        bad = ~torch.isfinite(loss) & (self.first_bad_step < 0)
+        self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, self.step), self.first_bad_step)
+
+    def check_finite(self) -> None:
+        """Raises TrainingDiverged (on every process together) if a step's loss was not finite."""
+        first = int(self.first_bad_step.item())
+        if not distributed.any_rank(first >= 0, self.ctx):
+            return
+        where = "on another process" if first < 0 else (
+            f"at epoch {(first - 1) // self.steps_per_epoch + 1}, step {first} "
+            f"(batch {(first - 1) % self.steps_per_epoch + 1} of {self.steps_per_epoch})"
+        )
+        saved_epoch, saved_step = self.saved_at
+        raise TrainingDiverged(
+            f"the loss became NaN or infinite {where}; training stopped and no checkpoint was written after it: "
+            f"{self.run_dir / ckpt.CHECKPOINT_NAME} holds the last good state (epoch {saved_epoch}, step "
+            f"{saved_step}). Start a new run with a lower --lr or a longer --warmup-epochs"
+        )
 
     @property
     def finished(self) -> bool:
@@ -259,13 +296,24 @@ class Trainer:
         )
         with autocast:
             out = self.net(x1, x2)
-        loss = self.model.loss(out)  # float32 whatever the autocast dtype (the kernels accumulate in fp32)
+        loss = self.loss_or_nan(out)  # float32 whatever the autocast dtype (the kernels accumulate in fp32)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
         return loss.detach(), out
+
+    def loss_or_nan(self, out) -> torch.Tensor:
+        """model.loss(out); where the model's outputs are no longer finite (the CPU loss refuses a NaN
+        kappa with a ValueError) a NaN on the same graph instead, so that the step goes on as on every
+        other process and check_finite stops the run at its next check."""
+        try:
+            return self.model.loss(out)
+        except ValueError:
+            if all(torch.isfinite(t).all() for t in out if t is not None):
+                raise
+            return sum(t.float().sum() for t in out if t is not None) * float("nan")
 
     def train(self, logger: RunLogger, stopper: ckpt.StopOnSignal) -> None:
         from tqdm import tqdm
@@ -292,18 +340,15 @@ class Trainer:
                 loss, out = self.train_step(x1, x2)
                 self.step += 1
                 self.batch_in_epoch += 1
+                self.watch_finite(loss)
                 stats = {"loss": loss, **batch_statistics(out)}
                 for key, value in stats.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
                 bar.update(1)
                 if self.step % cfg.log_every == 0 or self.batch_in_epoch == self.steps_per_epoch:
+                    self.check_finite()
                     values = {key: value.item() for key, value in stats.items()}
-                    if not math.isfinite(values["loss"]):
-                        raise FloatingPointError(
-                            f"loss is {values['loss']} at step {self.step}; the last good state is in "
-                            f"{self.run_dir / ckpt.CHECKPOINT_NAME} (try a lower --lr or a longer --warmup-epochs)"
-                        )
                     values["lr"] = self.optimizer.param_groups[0]["lr"]
                     bar.set_postfix({k: f"{v:.4g}" for k, v in values.items()}, refresh=False)
                     if ctx.is_main:
@@ -428,7 +473,7 @@ def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | Non
         if ctx.is_main:
             if kind == "new":
                 config_lib.save(cfg, run_dir / "config.json")
-                trainer.save()  # step 0: a run killed in its first epoch can be resumed too
+                trainer.write_checkpoint()  # step 0: a run killed in its first epoch can be resumed too
             print(
                 f"{'resuming' if resume_from else 'starting'} {cfg.preset} ({cfg.distribution}) in {run_dir} "
                 f"at epoch {trainer.epoch}, step {trainer.step}; {ctx.world_size} process(es) on {ctx.device}",
