@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -177,3 +178,42 @@ def test_uncertainty_of_a_simsiam_run_is_a_clear_error(tiny_runs, capsys):
     assert "has no kappa" in capsys.readouterr().err
     assert cli.main(["knn", str(tiny_runs / "nowhere")]) == 2
     assert "not a pretraining run directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "command, options, message",
+    [("knn", ["--k", "0"], "--k 0: must be an integer >= 1"),
+     ("knn", ["--temperature", "-1"], "--temperature -1.0: must be a finite number > 0"),
+     ("linear", ["--linear-epochs", "0"], "--linear-epochs 0: must be an integer >= 1"),
+     ("linear", ["--linear-lr", "nan"], "--linear-lr nan: must be a finite number > 0"),
+     ("uncertainty", ["--threads", "0"], "--threads 0: must be an integer >= 1"),
+     ("knn", ["--device", "tpu"], "--device 'tpu': must be one of auto, cpu, cuda")],
+)
+def test_evaluation_options_are_checked(tiny_runs, capsys, command, options, message):
+    assert cli.main([command, str(tiny_runs / "power_spherical"), *options]) == 2
+    err = capsys.readouterr().err
+    assert err == f"vi-simsiam: error: {message}" + err[len("vi-simsiam: error: ") + len(message):]
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [("config.json", "config.json is damaged"), ("checkpoint.pt", "checkpoint.pt is damaged or truncated"),
+     ("features.pt", None)],
+)
+def test_damaged_run_files_are_one_line_errors(tiny_runs, tmp_path, capsys, damage, message):
+    """A truncated checkpoint or garbled config is a clear error; a damaged feature cache is recomputed."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_runs / "power_spherical", run)
+    path = run / damage
+    if damage == "config.json":
+        path.write_text("{garbage")
+    else:
+        data = path.read_bytes() if path.exists() else b"x" * 4096
+        path.write_bytes(data[: len(data) // 3])
+    code = cli.main(["knn", str(run), "--threads", "1"])
+    err = capsys.readouterr().err
+    if message is None:
+        assert code == 0, err
+    else:
+        assert code == 2 and message in err and "Traceback" not in err, err

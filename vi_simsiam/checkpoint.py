@@ -13,6 +13,7 @@ batches of that epoch already done. The data order and augmentations are functio
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import signal
 import tempfile
@@ -20,6 +21,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .data import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -62,8 +65,17 @@ def save_atomic(state: dict, path: Path) -> None:
 
 
 def load(path: Path, map_location="cpu") -> dict:
+    """The training state saved at ``path``; a ConfigError (one line for the CLI) if the file cannot be
+    read as one: truncated, damaged, or not a checkpoint of this package."""
     # weights_only=False: the state holds numpy / Python RNG tuples; only load checkpoints you wrote.
-    return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=False)
+    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        raise ConfigError(f"{path} is damaged or truncated and cannot be loaded ({type(error).__name__}: {error})") from error
+    missing = [key for key in ("model", "step") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ConfigError(f"{path} is not a vi_simsiam checkpoint (no {', '.join(missing)})")
+    return state
 
 
 class StopOnSignal:

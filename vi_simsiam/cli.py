@@ -14,7 +14,8 @@ import argparse
 import dataclasses
 import sys
 
-from .config import PRESETS, Config
+from .config import FIELD_RULES, PRESETS, Config, option_name
+from .constraints import Integer, Real
 from .data import ConfigError
 
 HELP = {
@@ -51,6 +52,24 @@ def _add_config_options(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=float, default=None, help=HELP.get(f.name))
         else:
             parser.add_argument(flag, default=None, help=HELP.get(f.name))
+
+
+# The options of knn / linear / uncertainty and what each may be (the run's own FIELD_RULES where the
+# option is one of its fields; None: the run's value or the command's default).
+EVALUATION_RULES = {
+    "device": FIELD_RULES["device"],
+    "threads": FIELD_RULES["threads"],
+    "k": Integer(low=1, optional=True),
+    "temperature": Real(low=0.0, low_open=True, optional=True),
+    "linear_epochs": Integer(low=1),
+    "linear_lr": Real(low=0.0, low_open=True, optional=True),
+}
+
+
+def check_evaluation_options(args: argparse.Namespace) -> None:
+    for name, rule in EVALUATION_RULES.items():
+        if hasattr(args, name) and not rule.allows(getattr(args, name)):
+            raise ConfigError(f"{option_name(name)} {getattr(args, name)!r}: must be {rule.describe()}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             from . import evaluation
 
+            check_evaluation_options(args)
             evaluation.main(args)
     except ConfigError as error:
         print(f"vi-simsiam: error: {error}", file=sys.stderr)

@@ -240,9 +240,20 @@ def save(cfg: Config, path: Path) -> None:
 
 
 def load(path: Path) -> Config:
-    values = json.loads(Path(path).read_text())
+    """A run's saved config.json, checked against FIELD_RULES; a damaged file is a ConfigError."""
+    try:
+        values = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path} is damaged and cannot be read ({type(error).__name__}: {error})") from error
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path} is damaged: expected a JSON object of config fields")
     known = {f.name for f in dataclasses.fields(Config)}
-    return Config(**{key: value for key, value in values.items() if key in known})
+    cfg = Config(**{key: value for key, value in values.items() if key in known})
+    try:
+        validate(cfg)
+    except ConfigError as error:
+        raise ConfigError(f"{path}: {error}") from error
+    return cfg
 
 
 def merge_for_resume(saved: Config, overrides: dict) -> Config:

@@ -54,8 +54,11 @@ class Real:
     high: float | None = None
     low_open: bool = False  # low itself refused
     high_open: bool = False
+    optional: bool = False  # None allowed (a default decided elsewhere)
 
     def allows(self, value) -> bool:
+        if value is None:
+            return self.optional
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
             return False
         if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
@@ -68,7 +71,8 @@ class Real:
             bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
         if self.high is not None:
             bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        return "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+        text = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
+        return text + (" (or unset)" if self.optional else "")
 
     def refused_examples(self) -> list:
         examples: list[Any] = [float("nan"), float("inf"), "0.1", True]
@@ -76,6 +80,8 @@ class Real:
             examples.append(self.low if self.low_open else self.low - 1)
         if self.high is not None:
             examples.append(self.high if self.high_open else self.high + 1)
+        if not self.optional:
+            examples.append(None)
         return examples
 
 

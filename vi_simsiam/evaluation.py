@@ -61,8 +61,11 @@ def cached_features(run: Run) -> dict:
     """Frozen features / kappa / labels of both splits; cached in features.pt for this checkpoint step."""
     path = run.run_dir / "features.pt"
     if path.is_file():
-        cached = torch.load(path, map_location="cpu", weights_only=True)
-        if cached.get("step") == run.step:
+        try:
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, EOFError, RuntimeError, ValueError):  # a damaged cache is computed again
+            cached = {}
+        if isinstance(cached, dict) and cached.get("step") == run.step:
             return cached
     cfg = run.cfg
     train_f, _, train_y = extract(run.model, run.eval_train_set, cfg.eval_batch_size, run.device, cfg.workers)
