@@ -17,6 +17,19 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _range_text(kind: str, low, high, low_open: bool, high_open: bool, optional: bool) -> str:
+    """E.g. "an integer >= 1 (or unset)", "a finite number > 0 and < 1"."""
+    def number(x) -> str:
+        return f"{x:g}" if isinstance(x, float) else str(x)
+
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if low_open else '>='} {number(low)}")
+    if high is not None:
+        bounds.append(f"{'<' if high_open else '<='} {number(high)}")
+    return kind + (" " + " and ".join(bounds) if bounds else "") + (" (or unset)" if optional else "")
+
+
 @dataclass(frozen=True)
 class Integer:
     low: int | None = None
@@ -29,13 +42,7 @@ class Integer:
         return _is_int(value) and (self.low is None or value >= self.low) and (self.high is None or value <= self.high)
 
     def describe(self) -> str:
-        bounds = []
-        if self.low is not None:
-            bounds.append(f">= {self.low}")
-        if self.high is not None:
-            bounds.append(f"<= {self.high}")
-        text = "an integer" + (" " + " and ".join(bounds) if bounds else "")
-        return text + (" (or unset)" if self.optional else "")
+        return _range_text("an integer", self.low, self.high, False, False, self.optional)
 
     def refused_examples(self) -> list:
         examples: list[Any] = [2.5, True, "8"]
@@ -66,13 +73,7 @@ class Real:
         return self.high is None or (value < self.high if self.high_open else value <= self.high)
 
     def describe(self) -> str:
-        bounds = []
-        if self.low is not None:
-            bounds.append(f"{'>' if self.low_open else '>='} {self.low:g}")
-        if self.high is not None:
-            bounds.append(f"{'<' if self.high_open else '<='} {self.high:g}")
-        text = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
-        return text + (" (or unset)" if self.optional else "")
+        return _range_text("a finite number", self.low, self.high, self.low_open, self.high_open, self.optional)
 
     def refused_examples(self) -> list:
         examples: list[Any] = [float("nan"), float("inf"), "0.1", True]
