@@ -89,3 +89,11 @@ def first_mismatch(actual: torch.Tensor, expected: torch.Tensor, rtol: float, at
 
 def log_sphere_area(dim: int) -> float:
     return math.log(2.0) + 0.5 * dim * math.log(math.pi) - math.lgamma(0.5 * dim)
+
+
+@pytest.fixture
+def restore_torch_globals():
+    """In-process runs (vi_simsiam's CLI) set the thread count; put it back for the tests that follow."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

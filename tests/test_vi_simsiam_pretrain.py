@@ -79,14 +79,6 @@ def epochs_logged(run_dir: Path) -> int:
     return sum('"kind": "epoch"' in line for line in path.read_text().splitlines())
 
 
-@pytest.fixture
-def restore_torch_globals():
-    """In-process runs set the thread count; put it back for the tests that follow."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
 # ---------------------------------------------------------------------------- learning
 def test_loss_decreases_and_main_job_summary(tmp_path, capsys, restore_torch_globals):
     run_dir = tmp_path / "run"

@@ -22,6 +22,7 @@ HELP = {
     "preset": f"recipe to start from: {', '.join(PRESETS)} (default digits)",
     "data_dir": "data root (cifar: the folder holding cifar-10-batches-py/; imagefolder: holding train/ and val/)",
     "download": "download CIFAR into --data-dir if it is missing",
+    "bad_images": "unreadable image files in an image folder: skip (default; each named in a warning) | fail",
     "distribution": "power_spherical (VI-SimSiam, default) | vmf | none (plain SimSiam)",
     "kl_weight": "weight of KL(q || uniform) added to the loss",
     "kappa_input": "what the kappa head reads: projector (default) | backbone",

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from .constraints import Choice, Constraint, Flag, Integer, Real, Text
 from .data import ConfigError
+from .image_files import BAD_IMAGE_POLICIES
 
 
 @dataclass
@@ -36,6 +37,7 @@ class Config:
     augmentation: str = "digits"
     image_size: int = 8
     in_channels: int = 1
+    bad_images: str = "skip"  # unreadable image files (imagefolder): skip (with a warning) | fail
     # model
     backbone: str = "digits_cnn"
     dim: int = 256
@@ -129,6 +131,7 @@ RESUMABLE_OVERRIDES = {
     "data_dir",
     "download",
     "device",
+    "bad_images",
 }
 
 
@@ -175,6 +178,7 @@ FIELD_RULES: dict[str, Constraint] = {
     "augmentation": Choice(("digits", "cifar", "imagenet")),
     "image_size": Integer(low=8),
     "in_channels": Choice((1, 3)),
+    "bad_images": Choice(BAD_IMAGE_POLICIES),
     # model
     "backbone": Choice(_backbones),
     "dim": Integer(low=2),  # the sphere S^{dim-1} needs dim >= 2

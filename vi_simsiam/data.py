@@ -18,6 +18,7 @@ sample's augmentation from (seed, epoch, index). So the views of a global batch 
 
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 from pathlib import Path
@@ -28,10 +29,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .augmentations import build_transforms
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot run (the CLI prints the message and exits with status 2)."""
+from .errors import ConfigError
+from .image_files import apply_policy, load_or_substitute, scan
 
 
 # ---------------------------------------------------------------------------- base data sets
@@ -54,24 +53,42 @@ class ArrayImageDataset(Dataset):
 
 
 class FolderImageDataset(Dataset):
-    """``torchvision.datasets.ImageFolder`` with the same ``image(index)`` access as the in-memory sets."""
+    """``torchvision.datasets.ImageFolder`` with the same ``image(index)`` access as the in-memory sets.
 
-    def __init__(self, root: Path, transform=None):
+    Unreadable files are found by a scan when the set is made (vi_simsiam/image_files.py) and left
+    out (``bad_images="skip"``, listed in ``self.skipped``) or refused (``"fail"``); one that fails
+    only when decoded is replaced by the next readable image, with a warning naming it."""
+
+    def __init__(self, root: Path, transform=None, bad_images: str = "skip"):
         from torchvision.datasets import ImageFolder
 
-        self.folder = ImageFolder(str(root))
-        self.labels = torch.tensor(self.folder.targets, dtype=torch.long)
+        folder = ImageFolder(str(root))
+        self.skipped = scan([path for path, _ in folder.samples])
+        apply_policy(root, self.skipped, bad_images)
+        bad = {path for path, _ in self.skipped}
+        self.samples = [(path, target) for path, target in folder.samples if path not in bad]
+        if not self.samples:
+            raise ConfigError(f"{root}: no readable images left ({len(self.skipped)} unreadable)")
+        self.paths = [path for path, _ in self.samples]
+        self.loader = folder.loader
+        self.labels = torch.tensor([target for _, target in self.samples], dtype=torch.long)
         self.transform = transform
 
+    def with_transform(self, transform) -> "FolderImageDataset":
+        """The same files (scanned once) with another transform."""
+        other = copy.copy(self)
+        other.transform = transform
+        return other
+
     def __len__(self) -> int:
-        return len(self.folder)
+        return len(self.samples)
 
     def image(self, index: int):
-        return self.folder.loader(self.folder.samples[index][0])
+        return load_or_substitute(self.loader, self.paths, index)[0]
 
     def __getitem__(self, index: int):
-        image = self.image(index)
-        return (self.transform(image) if self.transform else image), self.labels[index]
+        image, used = load_or_substitute(self.loader, self.paths, index)  # a substitute keeps its own label
+        return (self.transform(image) if self.transform else image), self.labels[used]
 
 
 def load_digits_split(test_fraction: float = 0.25, split_seed: int = 0):
@@ -157,11 +174,8 @@ def build_datasets(cfg):
                     "(expected DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*)"
                 )
         try:
-            sets = [
-                FolderImageDataset(data_dir / "train"),
-                FolderImageDataset(data_dir / "train", eval_t),
-                FolderImageDataset(data_dir / "val", eval_t),
-            ]
+            train = FolderImageDataset(data_dir / "train", bad_images=cfg.bad_images)
+            sets = [train, train.with_transform(eval_t), FolderImageDataset(data_dir / "val", eval_t, cfg.bad_images)]
         except (FileNotFoundError, RuntimeError) as error:  # ImageFolder: no class folders / no images
             raise ConfigError(f"imagefolder: {error}") from error
         return tuple(sets)

@@ -400,6 +400,19 @@ def evaluate(trainer: Trainer) -> dict:
     return result
 
 
+SKIPPED_IMAGES_NAME = "skipped_images.txt"
+
+
+def record_skipped_images(trainer: Trainer, run_dir: Path) -> int:
+    """The unreadable image files left out of the data sets (image folders), one "path<TAB>reason" a
+    line in the run directory, and a line on stdout; their count."""
+    skipped = [entry for data in (trainer.pretrain_set, trainer.eval_test_set) for entry in getattr(data, "skipped", [])]
+    if skipped:
+        (run_dir / SKIPPED_IMAGES_NAME).write_text("".join(f"{path}\t{reason}\n" for path, reason in skipped))
+        print(f"skipped {len(skipped)} unreadable image file(s); listed in {run_dir / SKIPPED_IMAGES_NAME}", flush=True)
+    return len(skipped)
+
+
 def summary_text(cfg: config_lib.Config, result: dict, seconds: float, run_dir: Path) -> str:
     name = "SimSiam" if cfg.distribution == "none" else f"VI-SimSiam ({cfg.distribution})"
     lines = [
@@ -419,6 +432,9 @@ def summary_text(cfg: config_lib.Config, result: dict, seconds: float, run_dir: 
             + ", ".join(f"{n} {r:.2f}" for n, r in result["corruption_ratio"].items()),
             f"  report: {run_dir / 'report.md'}",
         ]
+    if result.get("skipped_images"):
+        lines.append(f"  unreadable image files skipped: {result['skipped_images']} "
+                     f"(listed in {run_dir / SKIPPED_IMAGES_NAME})")
     lines.append(f"  run directory: {run_dir}")
     return "\n".join(lines)
 
@@ -479,6 +495,7 @@ def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | Non
                 f"at epoch {trainer.epoch}, step {trainer.step}; {ctx.world_size} process(es) on {ctx.device}",
                 flush=True,
             )
+        skipped = record_skipped_images(trainer, run_dir) if ctx.is_main else 0
         logger = RunLogger(run_dir, enabled=ctx.is_main, purge_step=trainer.step if resume_from else None)
         try:
             with ckpt.StopOnSignal() as stopper:
@@ -492,7 +509,7 @@ def run(cfg: config_lib.Config, resume: str | None = None, overrides: dict | Non
                         flush=True,
                     )
                 raise SystemExit(128 + stopper.signum)
-            result = {"run_dir": str(run_dir), "epoch": trainer.epoch, "step": trainer.step}
+            result = {"run_dir": str(run_dir), "epoch": trainer.epoch, "step": trainer.step, "skipped_images": skipped}
             if cfg.evaluate and ctx.is_main:
                 result.update(evaluate(trainer))
                 logger.log(
