@@ -317,3 +317,46 @@ def test_a_diverging_run_stops_without_saving_the_broken_state(tmp_path, capsys,
     state = checkpoint.load(run_dir / CHECKPOINT_NAME)
     assert state["step"] == 0 and state["epoch"] == 0
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
+
+
+# ---------------------------------------------------------------------------- checkpoints that survive damage
+def test_a_damaged_newest_checkpoint_resumes_from_the_one_before_bitwise(uninterrupted, tmp_path):
+    """Two checkpoints kept (the default), each with a size/checksum record; the newest truncated (a bad
+    copy): --resume auto says it skips it, resumes from checkpoint.1.pt (one epoch earlier) and ends
+    bitwise equal to the uninterrupted run."""
+    run_dir = tmp_path / "run"
+    done = run_cli(["pretrain", *EXACT, "--output-dir", str(run_dir)], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in run_dir.glob("checkpoint*"))
+    assert names == ["checkpoint.1.pt", "checkpoint.1.pt.sha256", "checkpoint.pt", "checkpoint.pt.sha256"]
+    older = torch.load(run_dir / "checkpoint.1.pt", map_location="cpu", weights_only=False)
+    assert older["step"] == 3 * STEPS_PER_EPOCH and older["epoch"] == 3
+    newest = run_dir / CHECKPOINT_NAME
+    newest.write_bytes(newest.read_bytes()[:4096])
+    done = run_cli(["pretrain", *EXACT, "--output-dir", str(run_dir), "--resume", "auto"], cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert f"skipping {newest}: size or checksum differs from its record" in done.stderr
+    assert f"at epoch 3, step {3 * STEPS_PER_EPOCH}" in done.stdout
+    assert_bitwise_equal(final_state(run_dir)["model"], uninterrupted["model"], "model")
+
+
+def test_no_checkpoint_that_verifies_is_a_clear_error(tmp_path, capsys, restore_torch_globals):
+    run_dir = tmp_path / "run"
+    assert cli.main(["pretrain", *TINY, "--epochs", "1", "--no-evaluate", "--output-dir", str(run_dir)]) == 0
+    for path in run_dir.glob("checkpoint*.pt"):
+        path.write_bytes(b"\0" * 100)
+    capsys.readouterr()
+    assert cli.main(["pretrain", "--output-dir", str(run_dir), "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert "no checkpoint in" in err and "verifies" in err and "Traceback" not in err
+
+
+def test_checkpoints_every_n_steps_and_how_many_are_kept(tmp_path, restore_torch_globals):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "--epochs", "1", "--batch-size", "256", "--no-evaluate", "--checkpoint-every", "2",
+            "--keep-checkpoints", "3", "--output-dir", str(run_dir)]
+    assert cli.main(["pretrain", *args]) == 0  # 1347 // 256 = 5 steps: saves at 2, 4 and the epoch's end
+    steps = [torch.load(run_dir / name, map_location="cpu", weights_only=False)["step"]
+             for name in ("checkpoint.pt", "checkpoint.1.pt", "checkpoint.2.pt")]
+    assert steps == [5, 4, 2]
+    assert not (run_dir / "checkpoint.3.pt").exists()

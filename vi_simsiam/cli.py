@@ -36,6 +36,8 @@ HELP = {
     "output_dir": "run directory (default runs/<preset>-<distribution>-<time>); must be new unless --resume",
     "evaluate": "evaluate (kNN, kappa) on the held-out split after pretraining",
     "knn_k": "neighbours for the kNN evaluation",
+    "checkpoint_every": "also write a checkpoint every N steps inside an epoch (0: at epoch ends and on SIGTERM/SIGINT)",
+    "keep_checkpoints": "checkpoints kept (checkpoint.pt newest, then checkpoint.1.pt, ...); --resume takes the newest that verifies",
 }
 
 

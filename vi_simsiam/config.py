@@ -68,6 +68,8 @@ class Config:
     # run
     output_dir: str | None = None
     log_every: int = 10
+    checkpoint_every: int = 0  # steps between checkpoints inside an epoch (0: at epoch ends and on signals only)
+    keep_checkpoints: int = 2  # checkpoints kept: checkpoint.pt, checkpoint.1.pt, ...
     evaluate: bool = True
     knn_k: int = 20
     knn_temperature: float = 0.1
@@ -132,6 +134,8 @@ RESUMABLE_OVERRIDES = {
     "download",
     "device",
     "bad_images",
+    "checkpoint_every",
+    "keep_checkpoints",
 }
 
 
@@ -209,6 +213,8 @@ FIELD_RULES: dict[str, Constraint] = {
     # run
     "output_dir": Text(),
     "log_every": Integer(low=1),
+    "checkpoint_every": Integer(low=0),
+    "keep_checkpoints": Integer(low=1),
     "evaluate": Flag(),
     "knn_k": Integer(low=1),
     "knn_temperature": Real(low=0.0, low_open=True),

@@ -90,13 +90,13 @@ def find_checkpoint(resume: str, cfg: config_lib.Config) -> Path:
     """The checkpoint ``--resume`` names: "auto" (in --output-dir, else the newest run of the preset) or a path."""
     if resume == "auto":
         if cfg.output_dir:
-            path = Path(cfg.output_dir).expanduser() / ckpt.CHECKPOINT_NAME
-            if not path.is_file():
+            run_dir = Path(cfg.output_dir).expanduser()
+            if not any(run_dir.glob("checkpoint*.pt")):
                 raise ConfigError(
                     f"--resume auto: no {ckpt.CHECKPOINT_NAME} in {cfg.output_dir}; nothing to resume "
                     "(drop --resume to start a new run)"
                 )
-            return path
+            return newest_valid_checkpoint(run_dir)
         candidates = sorted(
             RUNS_ROOT.glob(f"{cfg.preset}-{cfg.distribution}-*/{ckpt.CHECKPOINT_NAME}"), key=lambda p: p.stat().st_mtime
         )
@@ -105,12 +105,23 @@ def find_checkpoint(resume: str, cfg: config_lib.Config) -> Path:
                 f"--resume auto: no run of preset {cfg.preset!r} ({cfg.distribution}) with a checkpoint "
                 f"under {RUNS_ROOT}/; nothing to resume (drop --resume, or pass --output-dir RUN_DIR)"
             )
-        return candidates[-1]
+        return newest_valid_checkpoint(candidates[-1].parent)
     path = Path(resume).expanduser()
     if path.is_dir():
-        path = path / ckpt.CHECKPOINT_NAME
+        return newest_valid_checkpoint(path)
     if not path.is_file():
         raise ConfigError(f"--resume {resume}: no checkpoint at {path}")
+    reason = ckpt.verify(path)
+    if reason is not None:
+        raise ConfigError(f"--resume {resume}: {reason}")
+    return path
+
+
+def newest_valid_checkpoint(run_dir: Path) -> Path:
+    """ckpt.newest_valid, saying on stderr which newer checkpoints it passed over and why."""
+    path, passed_over = ckpt.newest_valid(run_dir)
+    for skipped, reason in passed_over:
+        print(f"vi-simsiam: skipping {skipped}: {reason}", file=sys.stderr, flush=True)
     return path
 
 
@@ -261,7 +272,7 @@ class Trainer:
     def write_checkpoint(self) -> None:
         """The checkpoint file, without the check (the main process alone may call it: step 0)."""
         if self.ctx.is_main:
-            ckpt.save_atomic(self.state(), self.run_dir / ckpt.CHECKPOINT_NAME)
+            ckpt.save_rotating(self.state(), self.run_dir, self.cfg.keep_checkpoints)
         self.saved_at = (self.epoch, self.step)
 
     def watch_finite(self, loss: torch.Tensor) -> None:
@@ -356,6 +367,10 @@ class Trainer:
                 if distributed.any_rank(stopper.requested, ctx):
                     self.save()
                     return
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and (
+                    self.batch_in_epoch < self.steps_per_epoch  # the epoch's end saves anyway
+                ):
+                    self.save()
             epoch_values = {
                 "epoch": self.epoch + 1,
                 "seconds": round(time.time() - started, 3),
