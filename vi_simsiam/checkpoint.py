@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .data import ConfigError
+from .errors import ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 

@@ -16,7 +16,7 @@ import sys
 
 from .config import FIELD_RULES, PRESETS, Config, option_name
 from .constraints import Integer, Real
-from .data import ConfigError
+from .errors import ConfigError, TrainingDiverged
 
 HELP = {
     "preset": f"recipe to start from: {', '.join(PRESETS)} (default digits)",
@@ -137,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"vi-simsiam: error: {error}", file=sys.stderr)
         return 2
-    except Exception as error:  # a run that diverged: one line, no traceback; anything else keeps its traceback
-        from .pretrain import TrainingDiverged
-
-        if not isinstance(error, TrainingDiverged):
-            raise
+    except TrainingDiverged as error:  # one line, no traceback; any other error keeps its traceback
         print(f"vi-simsiam: error: {error}", file=sys.stderr)
         return 1
     return 0

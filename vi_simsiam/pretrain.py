@@ -31,7 +31,8 @@ from . import config as config_lib
 from . import distributed
 from .augmentations import build_transforms
 from .builder import VISimSiam, build_model
-from .data import ConfigError, GlobalBatchSampler, TwoViewDataset, build_datasets, worker_init
+from .data import GlobalBatchSampler, TwoViewDataset, build_datasets, worker_init
+from .errors import ConfigError, TrainingDiverged
 from .runlog import RunLogger
 
 RUNS_ROOT = Path("runs")
@@ -187,10 +188,6 @@ def batch_statistics(out) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------- the run
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite: the run stops, and no checkpoint of that state is written."""
-
-
 class Trainer:
     def __init__(self, cfg: config_lib.Config, ctx: distributed.Context, run_dir: Path, resume_from: Path | None):
         self.cfg, self.ctx, self.run_dir = cfg, ctx, run_dir
