@@ -132,7 +132,7 @@ def test_loss_decreases_and_main_job_summary(tmp_path, capsys, restore_torch_glo
         (["--preset", "cifar10", "--data-dir", "{tmp}"], "no batch files"),
         (["--preset", "imagefolder", "--data-dir", "{tmp}"], "is not a directory"),
         (["--batch-size", "4096"], "larger than the data set (1347 training images)"),
-        (["--resume", "auto", "--output-dir", "{tmp}/never-ran"], "nothing to resume"),
+        (["--resume", "auto", "--output-dir", "{tmp}"], "which is not empty; nothing to resume"),
         (["--resume", "auto"], "nothing to resume"),
         (["--resume", "{tmp}/nowhere/checkpoint.pt"], "no checkpoint at"),
         (["--output-dir", "{tmp}/a-file/run"], "not writable"),
@@ -244,8 +244,47 @@ def test_resume_refuses_a_changed_configuration(uninterrupted, tmp_path, capsys,
 
 
 # ---------------------------------------------------------------------------- DDP
+DDP_COMMON = [
+    *TINY,
+    "--deterministic",
+    "--no-evaluate",
+    "--dtype",
+    "float64",
+    "--batch-size",
+    "448",
+    "--epochs",
+    "3",
+    "--warmup-epochs",
+    "1",
+]
+DDP_STEPS = 3 * (1347 // 448)
+
+
+def torchrun_command(*args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        *args,
+    ]
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory) -> Path:
+    """An uninterrupted torchrun run: 2 gloo processes, DDP_COMMON."""
+    run_dir = tmp_path_factory.mktemp("ddp") / "two"
+    command = torchrun_command("-m", "vi_simsiam", "pretrain", *DDP_COMMON, "--output-dir", str(run_dir))
+    done = subprocess.run(command, cwd=run_dir.parent, env=cli_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "2 process(es)" in done.stdout
+    return run_dir
+
+
 @pytest.mark.slow
-def test_ddp_two_gloo_processes_match_one_process(tmp_path):
+def test_ddp_two_gloo_processes_match_one_process(two_process_run, tmp_path):
     """torchrun, 2 gloo processes x 224 images = 1 process x 448 images, 9 SGD steps, in float64.
 
     Same global batches and views (``GlobalBatchSampler``, per-sample seeds), synced batch norm,
@@ -254,41 +293,11 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
     In float32 the runs differ by ~0.4% of one step's update even after a single step — the
     backbone gradients are sums of nearly cancelling per-image terms — hence float64 here.
     """
-    common = [
-        *TINY,
-        "--deterministic",
-        "--no-evaluate",
-        "--dtype",
-        "float64",
-        "--batch-size",
-        "448",
-        "--epochs",
-        "3",
-        "--warmup-epochs",
-        "1",
-    ]
-    one, two = tmp_path / "one", tmp_path / "two"
-    done = run_cli(["pretrain", *common, "--output-dir", str(one)], cwd=tmp_path)
+    one = tmp_path / "one"
+    done = run_cli(["pretrain", *DDP_COMMON, "--output-dir", str(one)], cwd=tmp_path)
     assert done.returncode == 0, done.stderr
-    torchrun = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node",
-        "2",
-        "-m",
-        "vi_simsiam",
-        "pretrain",
-        *common,
-        "--output-dir",
-        str(two),
-    ]
-    done = subprocess.run(torchrun, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-4000:]
-    assert "2 process(es)" in done.stdout
-    a, b = final_state(one), final_state(two)
-    assert a["step"] == b["step"] == 3 * (1347 // 448)
+    a, b = final_state(one), final_state(two_process_run)
+    assert a["step"] == b["step"] == DDP_STEPS
     cfg = Config(**a["config"])
     torch.manual_seed(cfg.seed)
     initial = build_model(cfg).double().state_dict()
@@ -300,7 +309,81 @@ def test_ddp_two_gloo_processes_match_one_process(tmp_path):
         assert (weight - b["model"][key]).abs().max() <= 1e-9 * moved + 1e-15, key
 
 
-# ---------------------------------------------------------------------------- divergence
+def _worker_of_rank(launcher: subprocess.Popen, rank: int) -> int | None:
+    """The pid of the launcher's worker process with RANK=rank (read from /proc), None if none yet."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except (OSError, IndexError, ValueError):
+            continue  # the process ended while being read
+        if parent == launcher.pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def _steps_logged(run_dir: Path) -> int:
+    path = run_dir / "metrics.jsonl"
+    return path.read_text().count('"kind": "step"') if path.exists() else 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc (Linux)")
+def test_torchrun_restarts_after_a_sigkill_and_ends_bitwise_equal(two_process_run, tmp_path):
+    """``torchrun --max-restarts 2 ... pretrain --resume auto``: the same command starts the run and, after
+    rank 0 is killed with SIGKILL mid-epoch, restarts the group, which resumes from the last checkpoint
+    (one every step here) and ends bitwise equal to the uninterrupted two-process run."""
+    run_dir = tmp_path / "restarted"
+    command = torchrun_command(
+        "--max-restarts",
+        "2",
+        "--monitor-interval",
+        "0.1",
+        "-m",
+        "vi_simsiam",
+        "pretrain",
+        *DDP_COMMON,
+        "--log-every",
+        "1",
+        "--checkpoint-every",
+        "1",
+        "--resume",
+        "auto",
+        "--output-dir",
+        str(run_dir),
+    )
+    launcher = subprocess.Popen(
+        command, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        deadline = time.time() + 240
+        killed_after = DDP_STEPS // 2  # steps 4-5 of 9: inside the second epoch
+        while _steps_logged(run_dir) < killed_after:
+            assert launcher.poll() is None, f"run ended before it could be killed: {launcher.communicate()}"
+            assert time.time() < deadline, "run too slow to reach the kill point"
+            time.sleep(0.01)
+        worker = _worker_of_rank(launcher, 0)
+        assert worker is not None, "rank 0's process not found"
+        os.kill(worker, signal.SIGKILL)
+        out, err = launcher.communicate(timeout=240)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+    assert launcher.returncode == 0, err[-4000:]
+    assert "nothing to resume" in out and "starting a new run there" in out  # the first start
+    assert "resuming" in out, out  # the restart
+    resumed_from = int(out.split("resuming", 1)[1].split("step ", 1)[1].split(";", 1)[0])
+    assert killed_after - 1 <= resumed_from < DDP_STEPS, out  # it resumed mid-run, not from the start or the end
+    restarted, uninterrupted = final_state(run_dir), final_state(two_process_run)
+    assert restarted["step"] == uninterrupted["step"] == DDP_STEPS
+    assert_bitwise_equal(restarted["model"], uninterrupted["model"], "model")
+    for a, b in zip(restarted["optimizer"]["state"].values(), uninterrupted["optimizer"]["state"].values()):
+        assert torch.equal(a["momentum_buffer"], b["momentum_buffer"])
+
+
 def test_a_diverging_run_stops_without_saving_the_broken_state(tmp_path, capsys, restore_torch_globals):
     """An absurd learning rate: the loss turns NaN/inf; the run stops with one line naming the epoch and
     step, exit status 1, and the checkpoint on disk is the last good one (here: step 0), loadable."""

@@ -69,7 +69,7 @@ class KappaHead(nn.Module):
     u = 4.9, 1e5 at u = 49; the last Linear's bias alone can put it anywhere in that range.
     The head runs in float32 or wider (autocast off): kappa ~ 1e4 in bfloat16 has three digits.
 
-    ``lr_scale`` = 1 / (d - 1) is read by the optimizer (``pretrain.param_groups``): the NLL's
+    ``lr_scale`` = 1 / (d - 1) is read by the optimizer (``optimization.param_groups``): the NLL's
     gradient to u is (d - 1) sigmoid(u) dNLL/dkappa, d - 1 times that of an O(1) output, so at the
     common learning rate one step would move u by O(d) and softplus(u) dies at 0 (measured on
     digits at d = 256: kappa stuck at kappa_min within the warmup). Scaling the head's learning
