@@ -12,5 +12,6 @@ Command line: ``vi-simsiam pretrain`` (see ``vi_simsiam.cli``).
 from .builder import KappaHead, VISimSiam, build_model
 from .config import PRESETS, Config, resolve
 from .data import ConfigError
+from .loading import export, load
 
-__all__ = ["PRESETS", "Config", "ConfigError", "KappaHead", "VISimSiam", "build_model", "resolve"]
+__all__ = ["PRESETS", "Config", "ConfigError", "KappaHead", "VISimSiam", "build_model", "export", "load", "resolve"]

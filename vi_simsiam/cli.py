@@ -1,4 +1,4 @@
-"""``vi-simsiam`` (and ``python -m vi_simsiam``): pretrain | knn | linear | uncertainty.
+"""``vi-simsiam`` (and ``python -m vi_simsiam``): pretrain | knn | linear | uncertainty | score.
 
     vi-simsiam pretrain                          # the main job: digits, VI-SimSiam, then evaluation
     vi-simsiam pretrain --distribution none      # plain SimSiam through the same code
@@ -104,6 +104,15 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("linear", "uncertainty"):
             sub.add_argument("--linear-epochs", type=int, default=100)
             sub.add_argument("--linear-lr", type=float, default=None)
+
+    score = commands.add_parser("score", help="rank image files or folders by a run's kappa (low = uncertain)")
+    score.add_argument("run", help="a pretraining run directory")
+    score.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
+    score.add_argument("--output", default="scores.csv", help="CSV sorted by kappa (default scores.csv)")
+    score.add_argument("--grid", default=None, help="lowest/highest-kappa image grid (default <output>_grid.png)")
+    score.add_argument("--batch-size", type=int, default=None, help="images per batch (default: eval_batch_size)")
+    score.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    score.add_argument("--threads", type=int, default=None)
     return parser
 
 
@@ -129,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cfg = config_lib.resolve(args.preset, **overrides)
             run(cfg, resume=args.resume, overrides=overrides)
+        elif args.command == "score":
+            from . import scoring
+
+            check_evaluation_options(args)
+            scoring.main(args)
         else:
             from . import evaluation
 
