@@ -13,6 +13,7 @@ Everything reads a run directory (config.json + checkpoint.pt) and writes its nu
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,13 +21,13 @@ import torch
 
 from . import config as config_lib
 from .augmentations import eval_parts
-from .builder import VISimSiam, build_model
-from .checkpoint import CHECKPOINT_NAME
-from .checkpoint import load as load_checkpoint
-from .data import ConfigError, build_datasets
+from .builder import VISimSiam
+from .data import build_datasets
+from .errors import ConfigError
 from .features import extract
 from .knn import knn_predict
 from .linear import linear_probe
+from .loading import read_run, resolve_device, trained_network
 
 
 @dataclass
@@ -43,18 +44,16 @@ class Run:
 
 
 def load_run(run_dir, device: str = "auto") -> Run:
+    """The run in ``run_dir`` at its newest checkpoint that verifies (newer ones that do not are named on
+    stderr, as ``--resume`` does); a ConfigError for a path that is not a run or a damaged one."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file() or not (run_dir / CHECKPOINT_NAME).is_file():
-        raise ConfigError(f"{run_dir} is not a pretraining run directory (needs config.json and {CHECKPOINT_NAME})")
-    cfg = config_lib.load(run_dir / "config.json")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda: no CUDA device is available")
-    dev = torch.device("cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu")
-    state = load_checkpoint(run_dir / CHECKPOINT_NAME)
-    model = build_model(cfg).to(dev, getattr(torch, cfg.dtype))
-    model.load_state_dict(state["model"])
+    dev = resolve_device(device)
+    cfg, state, source, passed_over = read_run(run_dir)
+    for skipped, reason in passed_over:
+        print(f"vi-simsiam: skipping {skipped}: {reason}; evaluating {source.name}", file=sys.stderr, flush=True)
+    model = trained_network(cfg, state, dev, source)
     _, eval_train, eval_test = build_datasets(cfg)
-    return Run(cfg, model.eval(), run_dir, eval_train, eval_test, dev, state["step"])
+    return Run(cfg, model, run_dir, eval_train, eval_test, dev, state["step"])
 
 
 def cached_features(run: Run) -> dict:

@@ -213,12 +213,18 @@ def _load(path, device: str = "auto") -> LoadedModel:
         cfg, state, source, passed_over = read_run(path)
     else:
         (cfg, state), source, passed_over = read_export(path), path, []
-    network = build_model(cfg).to(dev, getattr(torch, cfg.dtype))
+    return LoadedModel(cfg, trained_network(cfg, state, dev, source), dev, int(state["step"]), source, passed_over)
+
+
+def trained_network(cfg: config_lib.Config, state: dict, device: torch.device, source: Path) -> VISimSiam:
+    """The model of ``cfg`` with the weights ``state["model"]`` (read from ``source``), on ``device``, in
+    eval mode; weights that do not fit the config beside them are a ConfigError."""
+    network = build_model(cfg).to(device, getattr(torch, cfg.dtype))
     try:
         network.load_state_dict(state["model"])
-    except RuntimeError as error:  # weights that do not fit the config beside them
+    except RuntimeError as error:
         raise ConfigError(f"{source}: the weights do not match its config ({str(error).splitlines()[0]})") from error
-    return LoadedModel(cfg, network, dev, int(state["step"]), source, passed_over)
+    return network.eval()
 
 
 def load(path, device: str = "auto") -> LoadedModel:
