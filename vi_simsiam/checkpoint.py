@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pickle
 import random
 import signal
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import ConfigError
+from .errors import UNREADABLE_FILE_ERRORS, ConfigError
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -179,7 +178,7 @@ def load(path: Path, map_location="cpu") -> dict:
     # weights_only=False: the state holds numpy / Python RNG tuples; only load checkpoints you wrote.
     try:
         state = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+    except UNREADABLE_FILE_ERRORS as error:
         raise ConfigError(f"{path} is damaged or truncated and cannot be loaded ({type(error).__name__}: {error})") from error
     missing = [key for key in ("model", "step") if not isinstance(state, dict) or key not in state]
     if missing:

@@ -23,7 +23,7 @@ from . import config as config_lib
 from .augmentations import eval_parts
 from .builder import VISimSiam
 from .data import build_datasets
-from .errors import ConfigError
+from .errors import UNREADABLE_FILE_ERRORS, ConfigError
 from .features import extract
 from .knn import knn_predict
 from .linear import linear_probe
@@ -62,7 +62,7 @@ def cached_features(run: Run) -> dict:
     if path.is_file():
         try:
             cached = torch.load(path, map_location="cpu", weights_only=True)
-        except (OSError, EOFError, RuntimeError, ValueError):  # a damaged cache is computed again
+        except UNREADABLE_FILE_ERRORS:  # a damaged cache is computed again
             cached = {}
         if isinstance(cached, dict) and cached.get("step") == run.step:
             return cached

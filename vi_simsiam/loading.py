@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import pickle
 import tempfile
 import warnings
 from collections.abc import Sequence
@@ -39,7 +38,7 @@ from . import checkpoint as ckpt
 from . import config as config_lib
 from .augmentations import eval_parts
 from .builder import VISimSiam, build_model
-from .errors import ConfigError
+from .errors import UNREADABLE_FILE_ERRORS, ConfigError
 
 EXPORT_FORMAT = "vi_simsiam.export"
 EXPORT_VERSION = 1
@@ -189,7 +188,7 @@ def read_run(run_dir: Path) -> tuple[config_lib.Config, dict, Path, list]:
 def read_export(path: Path) -> tuple[config_lib.Config, dict]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, EOFError, RuntimeError, ValueError, pickle.UnpicklingError) as error:
+    except UNREADABLE_FILE_ERRORS as error:
         raise ConfigError(
             f"{path} is not a file written by vi_simsiam.export, or is damaged "
             f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); "

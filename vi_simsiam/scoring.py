@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ConfigError
+from .errors import UNREADABLE_FILE_ERRORS, ConfigError
 from .loading import LoadedModel, _load
 
 SUMMARY_COUNT = 5  # lowest and highest images printed
@@ -129,7 +129,7 @@ def heldout_kappa(model: LoadedModel, run_dir: Path) -> torch.Tensor:
         if path.is_file():
             try:
                 cached = torch.load(path, map_location="cpu", weights_only=True)
-            except (OSError, EOFError, RuntimeError, ValueError):  # a damaged cache is computed again
+            except UNREADABLE_FILE_ERRORS:  # a damaged cache is computed again
                 continue
             if isinstance(cached, dict) and cached.get("step") == model.step and cached.get(key) is not None:
                 return cached[key]
