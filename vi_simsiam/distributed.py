@@ -50,8 +50,28 @@ def setup(device: str = "auto") -> Context:
     else:
         dev = torch.device("cpu")
     if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(
+            backend="nccl" if use_cuda else "gloo", store=_attempt_store(world_size), rank=rank, world_size=world_size
+        )
     return Context(rank, world_size, local_rank, dev)
+
+
+def _attempt_store(world_size: int) -> dist.Store | None:
+    """The store of this torchrun attempt: the agent's store, its keys prefixed by the restart count.
+
+    torchrun's agent keeps one TCP store server for all the restarts of a job, and the ``env://``
+    rendezvous hands it to the workers without a per-attempt prefix. After a restart the new
+    workers then read the previous attempt's process-group keys (the dead workers' addresses):
+    gloo's connectFullMesh fails with "Connection refused" or waits forever. Prefixing the keys
+    with ``TORCHELASTIC_RESTART_COUNT`` gives each attempt a clean namespace. ``None`` (plain
+    ``env://``) outside torchrun's agent store.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != str(True):
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False
+    )
+    return dist.PrefixStore(f"vi_simsiam/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}", store)
 
 
 def teardown() -> None:
