@@ -35,6 +35,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vissiam_kernels*", "vi_simsiam*"]),
     include_package_data=True,
+    package_data={"vi_simsiam": ["class_lists/*.txt"]},  # ImageNet-100, Imagenette, Imagewoof class lists
     install_requires=[
         "torch>=2.6",
         "torchvision",

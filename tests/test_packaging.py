@@ -1,4 +1,4 @@
-"""Packaging: a non-editable install ships the C++ sources and finds them."""
+"""Packaging: a non-editable install ships the C++ sources and finds them, and the class lists."""
 
 from __future__ import annotations
 
@@ -23,6 +23,8 @@ def test_wheel_ships_the_kernel_sources_and_the_installed_package_finds_them(tmp
                    "include/vissiam/spherical_math.h"):
         assert f"vissiam_kernels/_csrc/{source}" in names, source
     assert "vi_simsiam/__init__.py" in names
+    for class_list in ("imagenet100", "imagenette", "imagewoof"):  # read by data.read_class_list
+        assert f"vi_simsiam/class_lists/{class_list}.txt" in names, class_list
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     found = subprocess.run(
@@ -30,3 +32,9 @@ def test_wheel_ships_the_kernel_sources_and_the_installed_package_finds_them(tmp
         check=True, capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
     ).stdout.strip()
     assert Path(found) == site / "vissiam_kernels" / "_csrc"
+    read_list = "import vi_simsiam.data as d; print(d.CLASS_LISTS, len(d.read_class_list('imagenet100')[0]))"
+    listed = subprocess.run(
+        [sys.executable, "-c", read_list],
+        check=True, capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+    ).stdout.split()
+    assert listed == [str(site / "vi_simsiam" / "class_lists"), "100"]

@@ -20,8 +20,11 @@ from .errors import ConfigError, TrainingDiverged
 
 HELP = {
     "preset": f"recipe to start from: {', '.join(PRESETS)} (default digits)",
-    "data_dir": "data root (cifar: the folder holding cifar-10-batches-py/; imagefolder: holding train/ and val/)",
-    "download": "download CIFAR into --data-dir if it is missing",
+    "data_dir": "data root (cifar: the folder holding cifar-10-batches-py/; imagefolder, imagenet100: holding "
+    "train/ and val/; imagenette, imagewoof: the extracted folder or the one holding it)",
+    "download": "download CIFAR, Imagenette or Imagewoof into --data-dir if it is missing",
+    "class_list": "image folders: only these classes: a bundled list (imagenet100, imagenette, imagewoof) or a "
+    "text file, one class folder per line",
     "bad_images": "unreadable image files in an image folder: skip (default; each named in a warning) | fail",
     "distribution": "power_spherical (VI-SimSiam, default) | vmf | none (plain SimSiam)",
     "kl_weight": "weight of KL(q || uniform) added to the loss",

@@ -8,7 +8,19 @@ Data sets (each gives a train split for pretraining and a held-out split for eva
 - ``cifar10`` / ``cifar100``: the torchvision on-disk layout under ``data_dir``
   (``cifar-10-batches-py/data_batch_*``, ``test_batch``; ``cifar-100-python/train``, ``test``),
   read directly from the pickle batches; ``download=True`` fetches them with torchvision first.
-- ``imagefolder``: ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (ImageNet, ImageNette).
+- ``imagefolder``: ``data_dir/train/<class>/*`` and ``data_dir/val/<class>/*`` (every class folder, or
+  those of ``class_list``).
+- ``imagenette`` / ``imagewoof``: fast.ai's 10-class ImageNet subsets, the same layout with WordNet-id
+  class folders (the extracted ``imagenette2-160/`` etc., or the folder holding it); ``download=True``
+  fetches the archive from fast.ai's S3 bucket first.
+- ``imagenet100``: an ImageNet folder (train/ and val/ with 1000 WordNet-id class folders, val/ sorted
+  into them) restricted to the 100 classes of CMC's list (``class_lists/imagenet100.txt``).
+
+A class list (``class_lists/<name>.txt`` in the package, or a text file: one class folder name per
+line, ``#`` comments) restricts a folder data set to its classes; every listed class must have a
+folder in train/ and val/ (a missing one is an error naming it). Labels follow the sorted names, as
+``ImageFolder`` numbers a folder holding only those classes, so ImageNet-100 copied out of ImageNet
+and ImageNet read through the list are the same data set with the same labels.
 
 Exact, world-size-independent data: ``GlobalBatchSampler`` cuts one seeded permutation per epoch
 into global batches and gives each rank a contiguous slice, and ``TwoViewDataset`` seeds each
@@ -18,9 +30,16 @@ sample's augmentation from (seed, epoch, index). So the views of a global batch 
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
+import importlib.resources
 import os
 import pickle
+import shutil
+import tarfile
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +49,7 @@ from torch.utils.data import Dataset
 
 from .augmentations import build_transforms
 from .errors import ConfigError
-from .image_files import apply_policy, load_or_substitute, scan
+from .image_files import NAMED_IN_MESSAGES, apply_policy, load_or_substitute, scan
 
 
 # ---------------------------------------------------------------------------- base data sets
@@ -57,12 +76,12 @@ class FolderImageDataset(Dataset):
 
     Unreadable files are found by a scan when the set is made (vi_simsiam/image_files.py) and left
     out (``bad_images="skip"``, listed in ``self.skipped``) or refused (``"fail"``); one that fails
-    only when decoded is replaced by the next readable image, with a warning naming it."""
+    only when decoded is replaced by the next readable image, with a warning naming it. ``classes``:
+    only these class folders (each must exist), labelled in sorted order; ``self.classes`` the names."""
 
-    def __init__(self, root: Path, transform=None, bad_images: str = "skip"):
-        from torchvision.datasets import ImageFolder
-
-        folder = ImageFolder(str(root))
+    def __init__(self, root: Path, transform=None, bad_images: str = "skip", classes: list[str] | None = None):
+        folder = _image_folder(root, classes)
+        self.classes = folder.classes
         self.skipped = scan([path for path, _ in folder.samples])
         apply_policy(root, self.skipped, bad_images)
         bad = {path for path, _ in self.skipped}
@@ -74,7 +93,7 @@ class FolderImageDataset(Dataset):
         self.labels = torch.tensor([target for _, target in self.samples], dtype=torch.long)
         self.transform = transform
 
-    def with_transform(self, transform) -> "FolderImageDataset":
+    def with_transform(self, transform) -> FolderImageDataset:
         """The same files (scanned once) with another transform."""
         other = copy.copy(self)
         other.transform = transform
@@ -89,6 +108,22 @@ class FolderImageDataset(Dataset):
     def __getitem__(self, index: int):
         image, used = load_or_substitute(self.loader, self.paths, index)  # a substitute keeps its own label
         return (self.transform(image) if self.transform else image), self.labels[used]
+
+
+def _image_folder(root: Path, classes: list[str] | None):
+    """torchvision's ImageFolder of ``root``: every class folder, or only ``classes`` (sorted, checked
+    to exist by the caller), numbered in sorted order as ImageFolder numbers them."""
+    from torchvision.datasets import ImageFolder
+
+    if classes is None:
+        return ImageFolder(str(root))
+    listed = sorted(classes)
+
+    class ListedClasses(ImageFolder):
+        def find_classes(self, directory):
+            return listed, {name: index for index, name in enumerate(listed)}
+
+    return ListedClasses(str(root))
 
 
 def load_digits_split(test_fraction: float = 0.25, split_seed: int = 0):
@@ -142,6 +177,212 @@ def load_cifar(name: str, data_dir: Path, download: bool = False):
     return _read_cifar_batches(train_files, label_key), _read_cifar_batches([test_file], label_key)
 
 
+# ---------------------------------------------------------------------------- image-folder data sets
+CLASS_LISTS = importlib.resources.files(__package__) / "class_lists"
+FAST_AI_URL = "https://s3.amazonaws.com/fast-ai-imageclas/"
+
+
+@dataclass(frozen=True)
+class FolderDataSet:
+    """An image-folder data set: its own class list (None: every class folder) and, for fast.ai's
+    sets, the archive --download fetches (``imagenette2`` -> imagenette2-160.tgz, -320, or full size)."""
+
+    class_list: str | None = None
+    archive: str | None = None
+    layout: str = "DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*"
+
+
+_WNID_LAYOUT = "DATA_DIR/train/<wnid>/*, DATA_DIR/val/<wnid>/*"
+FOLDER_DATASETS = {
+    "imagefolder": FolderDataSet(),
+    "imagenette": FolderDataSet("imagenette", "imagenette2", _WNID_LAYOUT),
+    "imagewoof": FolderDataSet("imagewoof", "imagewoof2", _WNID_LAYOUT),
+    "imagenet100": FolderDataSet("imagenet100", None, f"an ImageNet folder: {_WNID_LAYOUT}, val/ sorted into classes"),
+}
+
+
+def bundled_class_lists() -> tuple[str, ...]:
+    return tuple(sorted(entry.name[: -len(".txt")] for entry in CLASS_LISTS.iterdir() if entry.name.endswith(".txt")))
+
+
+def _reason(error: BaseException) -> str:
+    """``Type: message`` on one line (tarfile's and urllib's messages span several)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+
+
+def read_class_list(spec: str) -> tuple[list[str], str]:
+    """(class folder names in the file's order, where they came from) for a bundled list's name
+    (``imagenet100``) or the path of a text file: one name per line, ``#`` starts a comment."""
+    if spec in bundled_class_lists():
+        text = (CLASS_LISTS / f"{spec}.txt").read_text()
+        source = f"the bundled list vi_simsiam/class_lists/{spec}.txt"
+    else:
+        path = Path(spec).expanduser()
+        try:
+            text, source = path.read_text(), str(path)
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(
+                f"--class-list {spec}: neither a bundled list ({', '.join(bundled_class_lists())}) "
+                f"nor a readable text file ({_reason(error)})"
+            ) from error
+    names = []
+    for number, line in enumerate(text.splitlines(), 1):
+        fields = line.split("#", 1)[0].split()
+        if not fields:
+            continue
+        if len(fields) > 1 or "/" in fields[0] or fields[0] in (".", ".."):
+            raise ConfigError(f"{source}, line {number}: expected one class folder name, got {line.strip()!r}")
+        names.append(fields[0])
+    if not names:
+        raise ConfigError(f"{source}: no class names in it")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ConfigError(f"{source}: classes listed twice: {', '.join(repeated)}")
+    return names, source
+
+
+def _named(names: list[str]) -> str:
+    more = f" and {len(names) - NAMED_IN_MESSAGES} more" if len(names) > NAMED_IN_MESSAGES else ""
+    return ", ".join(names[:NAMED_IN_MESSAGES]) + more
+
+
+def check_listed_classes(dataset: str, split_dir: Path, classes: list[str], source: str) -> None:
+    """Every listed class has a folder in ``split_dir``; otherwise one line naming the missing ones."""
+    missing = [name for name in classes if not (split_dir / name).is_dir()]
+    if missing:
+        raise ConfigError(
+            f"{dataset}: {len(missing)} of the {len(classes)} listed classes have no folder in {split_dir}: "
+            f"{_named(missing)} (classes from {source})"
+        )
+
+
+def archive_names(archive: str, image_size: int) -> list[str]:
+    """fast.ai's variants of ``archive``, the one for ``image_size`` first: images with a shorter side
+    of 160 px suffice up to 160 px, 320 px up to 320, then the full size."""
+    variants = [f"{archive}-160", f"{archive}-320", archive]
+    first = 0 if image_size <= 160 else 1 if image_size <= 320 else 2
+    return [variants[first]] + variants[:first] + variants[first + 1 :]
+
+
+def _has_splits(folder: Path) -> bool:
+    return (folder / "train").is_dir() and (folder / "val").is_dir()
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path):
+    """One process at a time (the processes of a torchrun job download once, the others wait)."""
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fetch_url(url: str, path: Path) -> None:
+    """Download ``url`` to ``path`` (torchvision's downloader: redirects, a progress bar)."""
+    from torchvision.datasets.utils import download_url
+
+    download_url(url, str(path.parent), filename=path.name)
+
+
+def _extract_safely(tar: tarfile.TarFile, folder: Path) -> None:
+    """Extract with no absolute paths, no paths out of ``folder``, no links or device files: tarfile's
+    "data" filter, or (Pythons before 3.10.12 / 3.11.4, which lack it) the same refusals made here."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(folder, filter="data")
+        return
+    for member in tar.getmembers():
+        path = Path(member.name)
+        if path.is_absolute() or ".." in path.parts or not (member.isfile() or member.isdir()):
+            raise tarfile.TarError(f"refusing archive member {member.name!r}")
+    tar.extractall(folder)
+
+
+def download_fast_ai(archive: str, data_dir: Path) -> Path:
+    """``data_dir/<archive>/`` from ``FAST_AI_URL<archive>.tgz``, downloaded and extracted unless there.
+
+    The archive is downloaded under a temporary name and renamed when complete, and extracted into a
+    temporary folder that is renamed into place, so an interrupted download never passes for data."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    target = data_dir / archive
+    with _exclusive(data_dir / f".{archive}.lock"):
+        if _has_splits(target):
+            return target
+        tgz = data_dir / f"{archive}.tgz"
+        if not tgz.is_file():
+            partial = data_dir / f"{archive}.tgz.part"
+            try:
+                fetch_url(f"{FAST_AI_URL}{archive}.tgz", partial)
+            except Exception as error:  # urllib raises URLError, HTTPError, OSError, ...
+                partial.unlink(missing_ok=True)
+                raise ConfigError(
+                    f"--download: cannot fetch {FAST_AI_URL}{archive}.tgz ({_reason(error)})"
+                ) from error
+            os.replace(partial, tgz)
+        scratch = Path(tempfile.mkdtemp(prefix=f".{archive}-", dir=data_dir))
+        try:
+            with tarfile.open(tgz) as tar:
+                _extract_safely(tar, scratch)
+            if not _has_splits(scratch / archive):
+                raise ConfigError(f"{tgz}: the archive holds no {archive}/train and {archive}/val folders")
+            shutil.rmtree(target, ignore_errors=True)  # a partial folder of an interrupted earlier run
+            os.replace(scratch / archive, target)
+        except (tarfile.TarError, EOFError, OSError) as error:
+            tgz.unlink(missing_ok=True)
+            raise ConfigError(
+                f"{tgz} is damaged ({_reason(error)}); it was removed: run again"
+            ) from error
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def find_folder_root(cfg, data_dir: Path) -> Path:
+    """The folder holding train/ and val/: ``data_dir`` itself, or (fast.ai's sets) the extracted
+    archive inside it, downloaded first with ``cfg.download``; else one line saying how to get it."""
+    spec = FOLDER_DATASETS[cfg.dataset]
+    if _has_splits(data_dir):
+        return data_dir
+    names = archive_names(spec.archive, cfg.image_size) if spec.archive else []
+    for name in names:
+        if _has_splits(data_dir / name):
+            return data_dir / name
+    if spec.archive and cfg.download:
+        return download_fast_ai(names[0], data_dir)
+    if spec.archive:
+        raise ConfigError(
+            f"{cfg.dataset}: no train/ and val/ folders in {data_dir} (nor in {data_dir}/{names[0]}/); pass --download "
+            f"to fetch {FAST_AI_URL}{names[0]}.tgz into it, or extract that archive yourself and point --data-dir at it"
+        )
+    absent = next(data_dir / split for split in ("train", "val") if not (data_dir / split).is_dir())
+    hint = "; ImageNet is not downloaded here (image-net.org gives it to registered users)"
+    raise ConfigError(
+        f"{cfg.dataset}: {absent} is not a directory (expected {spec.layout})"
+        + (hint if cfg.dataset == "imagenet100" else "")
+    )
+
+
+def build_folder_datasets(cfg, data_dir: Path, eval_t):
+    """(pretraining set, eval train set, eval test set) of an image-folder data set."""
+    root = find_folder_root(cfg, data_dir)
+    list_name = cfg.class_list or FOLDER_DATASETS[cfg.dataset].class_list
+    classes = None
+    if list_name:
+        classes, source = read_class_list(list_name)
+        for split in ("train", "val"):
+            check_listed_classes(cfg.dataset, root / split, classes, source)
+    try:
+        train = FolderImageDataset(root / "train", bad_images=cfg.bad_images, classes=classes)
+        test = FolderImageDataset(root / "val", eval_t, cfg.bad_images, classes=classes)
+    except (FileNotFoundError, RuntimeError) as error:  # ImageFolder: no class folders / no images
+        raise ConfigError(f"{cfg.dataset}: {error}".replace("\n", " ")) from error
+    if train.classes != test.classes:
+        only = sorted(set(train.classes) ^ set(test.classes))
+        raise ConfigError(f"{cfg.dataset}: train/ and val/ hold different classes ({_named(only)} in one only)")
+    return train, train.with_transform(eval_t), test
+
+
 # ---------------------------------------------------------------------------- presets' data
 def build_datasets(cfg):
     """(pretraining set with ``image(i)``, eval train set, eval test set) for a resolved config.
@@ -166,19 +407,8 @@ def build_datasets(cfg):
             ArrayImageDataset(xtr, ytr, eval_t),
             ArrayImageDataset(xte, yte, eval_t),
         )
-    if cfg.dataset == "imagefolder":
-        for split in ("train", "val"):
-            if not (data_dir / split).is_dir():
-                raise ConfigError(
-                    f"imagefolder: {data_dir / split} is not a directory "
-                    "(expected DATA_DIR/train/<class>/*, DATA_DIR/val/<class>/*)"
-                )
-        try:
-            train = FolderImageDataset(data_dir / "train", bad_images=cfg.bad_images)
-            sets = [train, train.with_transform(eval_t), FolderImageDataset(data_dir / "val", eval_t, cfg.bad_images)]
-        except (FileNotFoundError, RuntimeError) as error:  # ImageFolder: no class folders / no images
-            raise ConfigError(f"imagefolder: {error}") from error
-        return tuple(sets)
+    if cfg.dataset in FOLDER_DATASETS:
+        return build_folder_datasets(cfg, data_dir, eval_t)
     raise ConfigError(f"unknown dataset {cfg.dataset!r}")
 
 
@@ -186,10 +416,14 @@ def _require_data_dir(cfg) -> Path:
     if not cfg.data_dir:
         raise ConfigError(f"preset {cfg.preset!r} needs --data-dir (the folder holding the {cfg.dataset} data)")
     data_dir = Path(cfg.data_dir).expanduser()
-    if not data_dir.is_dir() and not cfg.download:
-        raise ConfigError(
-            f"--data-dir {data_dir} does not exist" + (" (or pass --download)" if cfg.dataset in CIFAR_LAYOUT else "")
-        )
+    archive = FOLDER_DATASETS.get(cfg.dataset, FolderDataSet()).archive
+    if not data_dir.is_dir() and not (cfg.download and (archive or cfg.dataset in CIFAR_LAYOUT)):
+        how = ""
+        if archive:
+            how = f" (or pass --download to fetch {FAST_AI_URL}{archive_names(archive, cfg.image_size)[0]}.tgz into it)"
+        elif cfg.dataset in CIFAR_LAYOUT:
+            how = " (or pass --download)"
+        raise ConfigError(f"--data-dir {data_dir} does not exist{how}")
     return data_dir
 
 
