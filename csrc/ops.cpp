@@ -49,4 +49,14 @@ TORCH_LIBRARY(vissiam_kernels, m) {
   // log2_plus_digamma_difference(a, b), log_bessel_i(nu=a, x=b),
   // log_bessel_i_scaled(nu=a, x=b), bessel_ratio(nu=a, x=b), bessel_ratio_complement(nu=a, x=b).
   m.def("special_function(str name, Tensor a, Tensor b) -> Tensor");
+  // The sampling transform of the spherical distributions (csrc/cpu/sphere_sampling_cpu.cpp; the
+  // reference is vissiam_kernels/sampling_reference.py): per row, x = H [t, s noise/|noise|] with H the
+  // Householder reflection taking e1 to loc/max(|loc|, eps) (H = I at loc/|loc| = e1 exactly).
+  //   loc: (N, D), D >= 2, floating; t, s: (N,) float64; noise: (N, D-1) in loc's dtype;
+  //   x: (N, D) in loc's dtype. Arithmetic in float64. The noise gets no gradient.
+  m.def("sphere_sample_transform(Tensor loc, Tensor t, Tensor s, Tensor noise) -> Tensor");
+  // Its pullback for grad_x (N, D) in loc's dtype: grad_loc (N, D) in loc's dtype, grad_t and grad_s
+  // (N,) float64.
+  m.def("sphere_sample_transform_backward(Tensor grad_x, Tensor loc, Tensor t, Tensor s, Tensor noise)"
+        " -> (Tensor grad_loc, Tensor grad_t, Tensor grad_s)");
 }

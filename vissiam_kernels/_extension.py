@@ -79,7 +79,8 @@ def load_cpu_library() -> None:
         _log(f"compiling the CPU kernels (first use, about a minute) into {build_dir}")
     cpp_extension.load(
         name=name,
-        sources=[str(src / "ops.cpp"), str(src / "loss_autograd.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp")],
+        sources=[str(src / "ops.cpp"), str(src / "loss_autograd.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp"),
+                 str(src / "cpu" / "sphere_sampling_cpu.cpp")],
         extra_include_paths=[str(src / "include")],
         # -fopenmp: at::parallel_for is inline OpenMP in the ATen headers; without it rows run serially
         extra_cflags=cflags,

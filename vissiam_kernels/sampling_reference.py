@@ -37,7 +37,10 @@ def householder_transform(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, n
     mu_1, mu_tail = mu[:, 0], mu[:, 1:]
     tail_sq = (mu_tail * mu_tail).sum(-1)
     # u_1 = 1 - mu_1 without cancellation (mu_1 -> 1): 1 - mu_1 = |mu_tail|^2 / (1 + mu_1) for a unit mu.
-    u_1 = torch.where(mu_1 > 0, tail_sq / (1 + mu_1), 1 - mu_1)
+    # The branch not taken divides by 1, not by 1 + mu_1: at mu = -e1 exactly 0/0 there made the backward
+    # NaN (torch.where passes a zero gradient into the other branch, and 0 * NaN is NaN).
+    positive = mu_1 > 0
+    u_1 = torch.where(positive, tail_sq / torch.where(positive, 1 + mu_1, torch.ones_like(mu_1)), 1 - mu_1)
     tail_dot_v = (mu_tail * v).sum(-1)
     # (mu_tail . v) / u_1, taken as 0 where mu = e1 exactly (H = I there).
     ratio = torch.where(u_1 > 0, tail_dot_v / torch.where(u_1 > 0, u_1, torch.ones_like(u_1)), torch.zeros_like(u_1))
