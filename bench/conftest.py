@@ -83,6 +83,11 @@ TARGETS = [
     Target("vi_simsiam_loss fwd+bwd B=512 D=2048 float32 cuda", "fused-triton", "eager", min_speedup=5.0),
     # ... and at B = 65536 at least 80% of the copy bandwidth for the minimum traffic
     Target("vi_simsiam_loss fwd+bwd B=65536 D=2048 float32 cuda", "fused-triton", "copy", max_ratio=1.25),
+    # Issue 13: the fused sampling transform x = H [t, s v] (bench_sampling.py), CPU at 2 threads, D = 2048:
+    # within 1.5x of the memory floor and at least 5x torch.compile of the pure-PyTorch reference.
+    *(Target(f"sphere_transform {mode} B=4096 D=2048 float32 cpu", "fused-cpu", baseline, cpu_threads=2, **goal)
+      for mode in ("fwd", "fwd+bwd")
+      for baseline, goal in (("copy", {"max_ratio": 1.5}), ("compiled", {"min_speedup": 5.0}))),
     # Issues 7 and 12: the cost of uncertainty in a whole training step: under 2% with the fused loss,
     # decided by the paired measurement (steps of both models alternated; bench_train_step.py).
     Target("train_step_paired *", "vi_simsiam", "simsiam", max_ratio=1.02),
