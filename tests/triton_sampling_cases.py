@@ -11,21 +11,8 @@ every tl operation in numpy), except one pair of D = 65536 rows, swept in 2048-e
 from __future__ import annotations
 
 import pytest
+import sampling_transform_checks as checks
 import torch
-from sampling_transform_checks import (
-    BAD_INPUT_IDS,
-    BAD_INPUTS,
-    FORWARD_TOLERANCE,
-    bad_inputs,
-    check_backward,
-    check_empty_and_huge_rows,
-    check_forward,
-    check_gradcheck,
-    check_poles,
-    check_reproducible,
-    check_strided_inputs,
-    special_rows,
-)
 
 from vissiam_kernels._sampling_ops import sphere_transform
 
@@ -40,37 +27,37 @@ def triton_ran(use_backend):
     return use_backend("triton")
 
 
-@pytest.mark.parametrize("dtype", list(FORWARD_TOLERANCE), ids=str)
+@pytest.mark.parametrize("dtype", list(checks.FORWARD_TOLERANCE), ids=str)
 @pytest.mark.parametrize("dim", [2, 3, 33, 300])
 def test_forward_and_backward_match_the_reference(triton_ran, dtype, dim):
-    check_forward(dtype, dim)
+    checks.check_forward(dtype, dim)
     triton_ran()
-    check_backward(dtype, dim)
+    checks.check_backward(dtype, dim)
     triton_ran()
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
 def test_mode_and_antipode(triton_ran, dtype):
-    check_poles(dtype, 5)
+    checks.check_poles(dtype, 5)
     triton_ran()
 
 
 def test_rows_of_65536_and_empty_batches(triton_ran):
     """D = 65536: the row is swept in 2048-element chunks, twice (sums, then the write)."""
-    check_empty_and_huge_rows(((2, 65536), (0, 5)))
+    checks.check_empty_and_huge_rows(((2, 65536), (0, 5)))
     triton_ran()
 
 
 def test_gradcheck_strided_inputs_and_reproducibility(triton_ran):
-    check_gradcheck(special_rows(4, directionless=False, near=1e-2)[1:5])  # -e1, near +-e1; not e1
+    checks.check_gradcheck(checks.special_rows(4, directionless=False, near=1e-2)[1:5])  # -e1, near +-e1; not e1
     triton_ran()
-    check_strided_inputs()
+    checks.check_strided_inputs()
     triton_ran()
-    check_reproducible(rows=8, dim=33)
+    checks.check_reproducible(rows=8, dim=33)
     triton_ran()
 
 
-@pytest.mark.parametrize("name, value, error, message", BAD_INPUTS[:-1], ids=BAD_INPUT_IDS[:-1])
+@pytest.mark.parametrize("name, value, error, message", checks.BAD_INPUTS[:-1], ids=checks.BAD_INPUT_IDS[:-1])
 def test_bad_inputs(triton_ran, name, value, error, message):
     with pytest.raises(error, match=message):
-        sphere_transform(**bad_inputs(name, value))
+        sphere_transform(**checks.bad_inputs(name, value))

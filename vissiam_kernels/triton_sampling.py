@@ -62,6 +62,18 @@ if _IMPORT_ERROR is None:
         return norm, r, mu1, q, noise_norm, a, u1, rho
 
     @triton.jit
+    def _load_tail(loc_row, noise_row, g_row, row_ok, c, tail, BACKWARD: tl.constexpr):
+        """Columns c of the tails l[1:] and z, and of grad_x[1:] in the backward (else l[1:] stands in for
+        it, unread), as float64 (BLOCK_R, len(c)) blocks, with their mask."""
+        mask = row_ok[:, None] & (c < tail)[None, :]
+        lt = _load_f64(loc_row[:, None] + 1 + c[None, :], mask)
+        z = _load_f64(noise_row[:, None] + c[None, :], mask)
+        g = lt
+        if BACKWARD:
+            g = _load_f64(g_row[:, None] + 1 + c[None, :], mask)
+        return lt, z, g, mask
+
+    @triton.jit
     def _combination(lt, z, g, coef_loc, coef_noise, coef_grad, BACKWARD: tl.constexpr):
         """coef_noise z + coef_loc l[1:] (the forward's x[1:]), + coef_grad grad_x[1:] in the backward."""
         value = coef_noise * z + coef_loc * lt
@@ -94,15 +106,11 @@ if _IMPORT_ERROR is None:
         tail = D - 1  # column j of the tail: loc[:, 1 + j], noise[:, j], out[:, 1 + j]
         cols = tl.arange(0, BLOCK_D)
         if ONE_BLOCK:  # BLOCK_D >= D - 1: the row stays in registers until out is written
-            mask = row_ok[:, None] & (cols < tail)[None, :]
-            lt = _load_f64(loc_row[:, None] + 1 + cols[None, :], mask)
-            z = _load_f64(noise_row[:, None] + cols[None, :], mask)
+            lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, cols, tail, BACKWARD)
             loc_loc = tl.sum(lt * lt, axis=1)
             noise_noise = tl.sum(z * z, axis=1)
             loc_noise = tl.sum(lt * z, axis=1)
-            g = lt  # read only in the backward
             if BACKWARD:
-                g = _load_f64(g_row[:, None] + 1 + cols[None, :], mask)
                 grad_dot_loc = tl.sum(g * lt, axis=1)
                 grad_dot_noise = tl.sum(g * z, axis=1)
         else:
@@ -112,15 +120,11 @@ if _IMPORT_ERROR is None:
             acc_gl = tl.zeros([BLOCK_R, BLOCK_D], tl.float64)
             acc_gz = tl.zeros([BLOCK_R, BLOCK_D], tl.float64)
             for start in range(0, tail, BLOCK_D):
-                c = start + cols
-                mask = row_ok[:, None] & (c < tail)[None, :]
-                lt = _load_f64(loc_row[:, None] + 1 + c[None, :], mask)
-                z = _load_f64(noise_row[:, None] + c[None, :], mask)
+                lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, start + cols, tail, BACKWARD)
                 acc_ll += lt * lt
                 acc_zz += z * z
                 acc_lz += lt * z
                 if BACKWARD:
-                    g = _load_f64(g_row[:, None] + 1 + c[None, :], mask)
                     acc_gl += g * lt
                     acc_gz += g * z
             loc_loc = tl.sum(acc_ll, axis=1)
@@ -168,12 +172,7 @@ if _IMPORT_ERROR is None:
         else:
             for start in range(0, tail, BLOCK_D):
                 c = start + cols
-                mask = row_ok[:, None] & (c < tail)[None, :]
-                lt = _load_f64(loc_row[:, None] + 1 + c[None, :], mask)
-                z = _load_f64(noise_row[:, None] + c[None, :], mask)
-                g = lt
-                if BACKWARD:
-                    g = _load_f64(g_row[:, None] + 1 + c[None, :], mask)
+                lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, c, tail, BACKWARD)
                 value = _combination(lt, z, g, coef_loc, coef_noise, coef_grad, BACKWARD)
                 tl.store(out_row[:, None] + 1 + c[None, :], _store_type(value, out_type), mask=mask)
 
