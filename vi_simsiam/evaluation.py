@@ -143,19 +143,59 @@ def clean_test_images(run: Run, limit: int = 2000) -> tuple[torch.Tensor, torch.
     return torch.stack([prepare(base.image(int(i))) for i in indices]), indices
 
 
+# The harder questions (mixed, out-of-distribution and augmented inputs) ask on the first PROBE_IMAGES
+# held-out images: all of digits' 450; 25 sets of inputs, 5 forwards each (~10 s on digits, 2 CPU threads).
+# A split of fewer than MIN_PROBE_IMAGES gets none: an AUROC over a few dozen images is noise, and a
+# ResNet's 125 forwards cost a minute on a CPU (a smoke run on fake data).
+PROBE_IMAGES = 500
+MIN_PROBE_IMAGES = 100
+
+
+def probe_skip_reason(num_images: int) -> str | None:
+    """Why a held-out split of ``num_images`` gets no harder questions (None: it gets them)."""
+    if num_images < MIN_PROBE_IMAGES:
+        return f"only {num_images} held-out images; the harder questions need at least {MIN_PROBE_IMAGES}"
+    return None
+
+
+def probe_analysis(run: Run, features: dict, knn: dict, linear: dict, images: torch.Tensor) -> dict:
+    """Kappa (if the run has a head) and the no-head baselines on mixed, out-of-distribution and
+    augmented versions of ``images`` (the first held-out images, in [0, 1]): ``uncertainty.harder_questions``."""
+    from .baselines import Scorer
+    from .uncertainty import harder_questions
+    from .uncertainty_probes import augmentation_at
+
+    cfg, labels = run.cfg, features["test_labels"][: len(images)]
+    _, normalize = eval_parts(cfg.augmentation, cfg.image_size)
+    augment = augmentation_at(cfg.augmentation, cfg.image_size, 1.0)
+    scorer = Scorer(run.model, normalize, features["train_features"], features["train_labels"], num_classes(features),
+                    cfg.knn_k, cfg.knn_temperature, augment, run.device,
+                    view_pairs=2, batch_size=cfg.eval_batch_size)
+    correct = {name: (result["predictions"][: len(images)] == labels) for name, result in (("knn", knn), ("linear", linear))}
+    return harder_questions(scorer, images, labels, correct, cfg.augmentation, cfg.image_size)
+
+
 def run_uncertainty(run: Run, features: dict, knn: dict, linear: dict, corruption_images: int = 2000) -> dict:
-    """Every number of the analysis (``uncertainty.json``) plus what ``report`` draws."""
+    """Every number of the analysis (``uncertainty.json``) plus what ``report`` draws. A SimSiam run
+    (no kappa head) gets the no-head baselines' part (``probes``) only."""
     from . import uncertainty as U
 
     kappa = features["test_kappa"]
-    if kappa is None:
-        raise ConfigError(f"{run.run_dir} was trained with distribution 'none' (plain SimSiam): it has no kappa")
     labels = features["test_labels"]
+    images, _ = clean_test_images(run, corruption_images)
     result = {
         "step": run.step,
         "num_test": len(labels),
         "knn_top1": knn["top1"],
         "linear_top1": linear["top1"],
+    }
+    skipped = probe_skip_reason(len(images))
+    result["probes"] = ({"skipped": skipped} if skipped
+                        else probe_analysis(run, features, knn, linear, images[:PROBE_IMAGES]))
+    if kappa is None:
+        write_json(run.run_dir / "uncertainty.json", result)
+        return result
+    result |= {
         "kappa": {
             "mean": kappa.double().mean().item(),
             "median": kappa.double().median().item(),
@@ -177,7 +217,6 @@ def run_uncertainty(run: Run, features: dict, knn: dict, linear: dict, corruptio
     def kappa_of(batch: torch.Tensor) -> torch.Tensor:
         return run.model.embed(normalize(batch).to(run.device, dtype))[1].float().cpu()
 
-    images, _ = clean_test_images(run, corruption_images)
     result["corruption"] = U.kappa_under_corruption(kappa_of, images)
     result["corruption_num_images"] = len(images)
     lowest, highest = U.lowest_and_highest(kappa, 16)
@@ -197,7 +236,8 @@ def write_predictions(path: Path, features: dict, knn_predictions, linear_predic
 
 
 def evaluate_all(run: Run, linear_epochs: int = 100) -> dict:
-    """kNN, linear probe and (for VI-SimSiam) the uncertainty analysis with its report; returns the headline numbers.
+    """kNN, linear probe and the uncertainty analysis with its report (SimSiam: the no-head baselines only);
+    returns the headline numbers.
 
     The model is put in eval mode: in train mode every forward would use batch statistics and
     overwrite the batch-norm running statistics.
@@ -218,9 +258,11 @@ def evaluate_all(run: Run, linear_epochs: int = 100) -> dict:
         "num_test": knn["num_test"],
         "num_train": knn["num_train"],
     }
+    analysis = run_uncertainty(run, features, knn, linear)
+    write_report(run, features, analysis)
+    headline["probes"] = {key: value for key, value in analysis["probes"].items()
+                          if key in ("num_images", "scores", "num_wrong", "summary", "kappa_beats", "skipped")}
     if features["test_kappa"] is not None:
-        analysis = run_uncertainty(run, features, knn, linear)
-        write_report(run, features, analysis)
         headline.update(
             kappa=analysis["kappa"],
             auroc_knn=analysis["knn"]["auroc"],
@@ -253,6 +295,11 @@ def main(args) -> None:
     elif args.command == "uncertainty":
         from .report import headline_text, write_report
 
+        if features["test_kappa"] is None:
+            raise ConfigError(
+                f"{run.run_dir} was trained with distribution 'none' (plain SimSiam): it has no kappa "
+                "(its report.md from pretraining holds the no-head baselines)"
+            )
         knn = run_knn(run, features, args.k, args.temperature)
         linear = run_linear(run, features, args.linear_epochs, args.linear_lr)
         analysis = run_uncertainty(run, features, knn, linear)

@@ -64,8 +64,12 @@ def summary_text(cfg: config_lib.Config, result: dict, seconds: float, run_dir: 
             f"decile {result['bottom_decile_knn']:.3f} / {result['top_decile_knn']:.3f}",
             "  mean kappa, strongest corruption / clean: "
             + ", ".join(f"{n} {r:.2f}" for n, r in result["corruption_ratio"].items()),
-            f"  report: {run_dir / 'report.md'}",
         ]
+    if "probes" in result:
+        from .report import probe_summary_lines
+
+        lines += probe_summary_lines(result["probes"])
+        lines.append(f"  report: {run_dir / 'report.md'}")
     if result.get("skipped_images"):
         lines.append(f"  unreadable image files skipped: {result['skipped_images']} "
                      f"(listed in {run_dir / SKIPPED_IMAGES_NAME})")

@@ -178,3 +178,113 @@ def resize_for_grid(images: torch.Tensor, size: int = 64) -> torch.Tensor:
     if images.shape[-1] >= size:
         return images
     return F.interpolate(images, size=(size, size), mode="nearest")
+
+
+# ---------------------------------------------------------------------------- harder questions, against baselines
+def auroc(positive, negative) -> float:
+    """P(a positive scores above a negative), a tie counting one half: the Mann-Whitney U / (n_pos n_neg).
+
+    The statistic of every comparison below, with "positive" the clean (or correctly classified)
+    images and the score a certainty: the AUROC of -score for finding the perturbed ones. nan when
+    either side is empty; 0.5 for a score that is the same everywhere.
+    """
+    from scipy.stats import rankdata
+
+    positive, negative = np.asarray(positive, dtype=np.float64), np.asarray(negative, dtype=np.float64)
+    if not len(positive) or not len(negative):
+        return float("nan")
+    ranks = rankdata(np.concatenate([positive, negative]))
+    u = ranks[: len(positive)].sum() - len(positive) * (len(positive) + 1) / 2
+    return float(u / (len(positive) * len(negative)))
+
+
+def _spearman(levels: np.ndarray, values: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(levels, values)[0]) if np.ptp(values) > 0 and np.ptp(levels) > 0 else float("nan")
+
+
+def _sweep(scorer, clean: dict, levels, inputs_at) -> dict:
+    """Scores at each level (level 0 = the clean inputs): per score the mean per level, the AUROC of
+    clean against each level, and the Spearman correlation of level and per-image score."""
+    per_level = [clean if level == 0 else scorer(inputs_at(level)) for level in levels]
+    result = {}
+    for name in scorer.names:
+        values = [scores[name] for scores in per_level]
+        rank = np.concatenate([np.full(len(v), i) for i, v in enumerate(values)])
+        result[name] = {
+            "mean": [v.mean().item() for v in values],
+            "auroc": [auroc(clean[name], v) for v in values],
+            "spearman": _spearman(rank, torch.cat(values).numpy()),
+        }
+    return result
+
+
+SUMMARY_STATISTICS = {
+    "knn_correctness": "kNN correct vs wrong",
+    "linear_correctness": "linear probe correct vs wrong",
+    "mixed_vs_clean": "clean vs mixed 50/50",
+    "ood_vs_clean": "clean vs out-of-distribution (mean over kinds)",
+    "augmented_vs_clean": "clean vs strongest augmentation",
+}
+
+
+@torch.no_grad()
+def harder_questions(scorer, images: torch.Tensor, labels: torch.Tensor, correct: dict, augmentation: str,
+                     image_size: int, seed: int = 0) -> dict:
+    """Kappa and the no-head baselines (``baselines.Scorer``) on the inputs of ``uncertainty_probes``.
+
+    images (N, C, H, W) in [0, 1] with their labels; ``correct``: {"knn": (N,) bool, "linear": ...}.
+    Every statistic is an AUROC with the certain side (clean, correct) as positives, so 0.5 is
+    chance and the scores compare directly: ``summary`` holds one number per statistic and score,
+    ``kappa_beats`` whether kappa's is the larger against each baseline (None where undefined).
+    """
+    from . import uncertainty_probes as P
+
+    clean = scorer(images)
+    result = {"num_images": len(images), "scores": list(scorer.names), "correctness": {}}
+    for probe, right in correct.items():
+        right = torch.as_tensor(right, dtype=torch.bool)
+        entry = {"num_wrong": int((~right).sum())}
+        entry.update({name: auroc(clean[name][right], clean[name][~right]) for name in scorer.names})
+        result["correctness"][probe] = entry
+    result["num_wrong"] = {probe: entry["num_wrong"] for probe, entry in result["correctness"].items()}
+
+    partners = images[P.partner_indices(labels, seed)]
+    result["mixing"] = {"ratios": list(P.MIXING_RATIOS),
+                        "scores": _sweep(scorer, clean, P.MIXING_RATIOS, lambda r: P.mix(images, partners, r))}
+
+    ood = {kind: scorer(P.out_of_distribution(images, kind, seed)) for kind in P.OOD_KINDS}
+    result["ood"] = {
+        "kinds": {kind: {name: {"auroc": auroc(clean[name], s[name]), "mean": s[name].mean().item(),
+                                "clean_mean": clean[name].mean().item()} for name in scorer.names}
+                  for kind, s in ood.items()},
+        "mean_auroc": {name: float(np.mean([auroc(clean[name], s[name]) for s in ood.values()]))
+                       for name in scorer.names},
+    }
+
+    result["augmentation"] = {"strengths": list(P.AUGMENTATION_STRENGTHS),
+                              "component_strengths": list(P.COMPONENT_STRENGTHS), "components": {}}
+    for component in ("all", *P.AUGMENTATION_COMPONENTS[augmentation]):
+        def augmented(strength, component=component):
+            return P.augmentation_at(augmentation, image_size, strength, component)(images, seed + 1000)
+
+        strengths = P.AUGMENTATION_STRENGTHS if component == "all" else P.COMPONENT_STRENGTHS
+        result["augmentation"]["components"][component] = _sweep(scorer, clean, strengths, augmented)
+
+    strongest = result["augmentation"]["components"]["all"]
+    summary = {
+        "knn_correctness": {n: result["correctness"].get("knn", {}).get(n, float("nan")) for n in scorer.names},
+        "linear_correctness": {n: result["correctness"].get("linear", {}).get(n, float("nan")) for n in scorer.names},
+        "mixed_vs_clean": {n: result["mixing"]["scores"][n]["auroc"][-1] for n in scorer.names},
+        "ood_vs_clean": dict(result["ood"]["mean_auroc"]),
+        "augmented_vs_clean": {n: strongest[n]["auroc"][-1] for n in scorer.names},
+    }
+    result["summary"] = summary
+    if "kappa" in scorer.names:
+        result["kappa_beats"] = {
+            statistic: {b: (None if math.isnan(v["kappa"]) or math.isnan(v[b]) else bool(v["kappa"] > v[b]))
+                        for b in scorer.names if b != "kappa"}
+            for statistic, v in summary.items()
+        }
+    return result
