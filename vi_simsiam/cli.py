@@ -29,6 +29,9 @@ HELP = {
     "distribution": "power_spherical (VI-SimSiam, default) | vmf | none (plain SimSiam)",
     "kl_weight": "weight of KL(q || uniform) added to the loss",
     "kappa_input": "what the kappa head reads: projector (default) | backbone",
+    "kappa_param": "kappa from the head's output u: scaled_softplus (kappa_min + (d-1) softplus(u), default) | "
+    "softplus (kappa_min + softplus(u)) | scaled_exp (kappa_min + (d-1) exp(u))",
+    "kappa_lr_scale": "multiplies the kappa head's learning-rate scale (1/(d-1) for the scaled parametrizations)",
     "batch_size": "global batch size over all processes",
     "lr": "base learning rate, scaled by batch_size / 256",
     "fix_pred_lr": "keep the predictor's lr fixed after warmup (SimSiam's option)",

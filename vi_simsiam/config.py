@@ -62,6 +62,8 @@ class Config:
     kappa_input: str = "projector"
     kappa_hidden_dim: int = 32  # every preset: the head predicts one number; width sets its cost (builder.KappaHead)
     kappa_min: float = 1e-2
+    kappa_param: str = "scaled_softplus"  # kappa from the head's output u (builder.KAPPA_PARAMETRIZATIONS)
+    kappa_lr_scale: float = 1.0  # multiplies the head's own lr scale (1 / (d - 1) for the scaled parametrizations)
     # optimization
     epochs: int = 100
     batch_size: int = 256  # global, over all processes
@@ -205,6 +207,12 @@ def _kappa_inputs() -> tuple:
     return KAPPA_INPUTS
 
 
+def _kappa_parametrizations() -> tuple:
+    from .builder import KAPPA_PARAMETRIZATIONS
+
+    return KAPPA_PARAMETRIZATIONS
+
+
 # What every field may be: one entry per field of Config (checked below, so that no field is added
 # without its rule), checked by validate() whenever a config is resolved, loaded or resumed.
 FIELD_RULES: dict[str, Constraint] = {
@@ -229,6 +237,8 @@ FIELD_RULES: dict[str, Constraint] = {
     "kappa_input": Choice(_kappa_inputs),
     "kappa_hidden_dim": Integer(low=1),
     "kappa_min": Real(low=0.0, low_open=True),
+    "kappa_param": Choice(_kappa_parametrizations),
+    "kappa_lr_scale": Real(low=0.0, low_open=True),
     # optimization
     "epochs": Integer(low=1),
     "batch_size": Integer(low=2),  # batch norm needs two images
