@@ -135,6 +135,16 @@ def _chance(ax) -> None:
     ax.axhline(0.5, color="grey", linewidth=0.8, linestyle=":")
 
 
+def _auroc_curves(ax, levels: list, curves: dict, xlabel: str, ylabel: str) -> None:
+    """One line per score (``curves``: name -> AUROC per level) and the chance level."""
+    for name, values in curves.items():
+        ax.plot(levels, values, marker="o", label=SCORE_LABELS[name])
+    _chance(ax)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+
+
 def _probe_examples(run, features: dict, count: int = 8) -> tuple[list[str], torch.Tensor]:
     """(row names, images (rows * count, C, H, W)): the first ``count`` held-out images as each question asks them."""
     from . import uncertainty_probes as P
@@ -171,13 +181,8 @@ def _probe_figures(plt, run, features: dict, probes: dict, figures: Path) -> Non
     _save(plt, figure, figures / "probe_examples.png")
 
     figure, ax = plt.subplots(figsize=(6, 3.5))
-    ratios = probes["mixing"]["ratios"]
-    for name in names:
-        ax.plot(ratios, probes["mixing"]["scores"][name]["auroc"], marker="o", label=SCORE_LABELS[name])
-    _chance(ax)
-    ax.set_xlabel("mixing ratio (0.5 = an even blend of two classes)")
-    ax.set_ylabel("AUROC, clean vs mixed")
-    ax.legend(fontsize=8)
+    _auroc_curves(ax, probes["mixing"]["ratios"], {n: probes["mixing"]["scores"][n]["auroc"] for n in names},
+                  "mixing ratio (0.5 = an even blend of two classes)", "AUROC, clean vs mixed")
     _save(plt, figure, figures / "probe_mixing.png")
 
     kinds = list(probes["ood"]["kinds"])
@@ -205,12 +210,8 @@ def _probe_figures(plt, run, features: dict, probes: dict, figures: Path) -> Non
     left.set_xlabel("augmentation strength (1 = training)")
     left.set_ylabel(f"mean {SCORE_LABELS[level_score]} / clean")
     left.legend(fontsize=8)
-    for name in names:
-        right.plot(strengths, augmentation["components"]["all"][name]["auroc"], marker="o", label=SCORE_LABELS[name])
-    _chance(right)
-    right.set_xlabel("strength of the whole training augmentation")
-    right.set_ylabel("AUROC, clean vs augmented")
-    right.legend(fontsize=8)
+    _auroc_curves(right, strengths, {n: augmentation["components"]["all"][n]["auroc"] for n in names},
+                  "strength of the whole training augmentation", "AUROC, clean vs augmented")
     _save(plt, figure, figures / "probe_augmentation.png")
 
 
