@@ -127,11 +127,13 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 
 def choose(table: dict) -> str:
-    """The variant with the largest mean kappa AUROC over CHOICE_STATISTICS among those whose kNN top-1
-    is within one (pooled) standard deviation of the default's: a more informative kappa, not a worse model."""
+    """The variant with the largest mean kappa AUROC over CHOICE_STATISTICS among those with as many seeds
+    as the default and a kNN top-1 within one standard deviation of the default's: a more informative
+    kappa, not a worse model, nor a lucky seed."""
     reference = table["default"]["knn_top1"]
     tolerance = max(reference["std"] if not math.isnan(reference["std"]) else 0.0, 0.005)
-    allowed = [v for v, row in table.items() if row["knn_top1"]["mean"] >= reference["mean"] - tolerance]
+    allowed = [v for v, row in table.items() if row["knn_top1"]["n"] >= reference["n"]
+               and row["knn_top1"]["mean"] >= reference["mean"] - tolerance]
     return max(allowed, key=lambda v: table[v]["choice_score"]["mean"])
 
 
@@ -156,12 +158,12 @@ def markdown(table: dict, chosen: str, seeds: list[int], machine: str) -> str:
         "",
         "## Variants",
         "",
-        "| variant | change | kNN top-1 | kNN errors (of 450) | mean kappa | seconds per run |",
-        "|---|---|---|---|---|---|",
+        "| variant | change | seeds | kNN top-1 | kNN errors (of 450) | mean kappa | seconds per run |",
+        "|---|---|---|---|---|---|---|",
     ]
     for variant, row in table.items():
         seconds = fmt(row["seconds"], 0) if row["seconds"] else "n/a"
-        lines.append(f"| {variant} | {VARIANTS[variant][0]} | {fmt(row['knn_top1'])} | "
+        lines.append(f"| {variant} | {VARIANTS[variant][0]} | {row['knn_top1']['n']} | {fmt(row['knn_top1'])} | "
                      f"{fmt(row['num_wrong_knn'], 1)} | {fmt(row['kappa_mean'], 0)} | {seconds} |")
     for statistic, label in SUMMARY_STATISTICS.items():
         lines += ["", f"## {label}", "", "| variant | " + " | ".join(SHORT[s] for s in SCORES)
@@ -176,8 +178,8 @@ def markdown(table: dict, chosen: str, seeds: list[int], machine: str) -> str:
         lines.append(f"| {variant} | {fmt(row['kappa_strongest_augmentation_ratio'])} | "
                      f"{fmt(row['kappa_augmentation_spearman'])} | {fmt(row['kappa_mixing_spearman'])} |")
     lines += ["", "## Choice", "",
-              f"Mean kappa AUROC over {', '.join(CHOICE_STATISTICS)}, among variants whose kNN top-1 is within one "
-              "standard deviation (at least 0.005) of the default's:", ""]
+              f"Mean kappa AUROC over {', '.join(CHOICE_STATISTICS)}, among variants with as many seeds as the "
+              "default whose kNN top-1 is within one standard deviation (at least 0.005) of the default's:", ""]
     for variant, row in sorted(table.items(), key=lambda item: -item[1]["choice_score"]["mean"]):
         lines.append(f"- {variant}: {fmt(row['choice_score'])}" + (" **(chosen)**" if variant == chosen else ""))
     return "\n".join(lines) + "\n"

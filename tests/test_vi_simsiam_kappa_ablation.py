@@ -95,11 +95,13 @@ def test_the_table_from_finished_runs(tmp_path, capsys):
         _fake_run(runs / f"default-seed{seed}", top1, auroc, 0.9)
         _fake_run(runs / f"vmf-seed{seed}", top1, auroc + 0.1, 0.85)  # a better kappa, the same kNN
         _fake_run(runs / f"kl_1-seed{seed}", top1 - 0.1, 0.99, 0.5)  # the best kappa of a much worse model
+    _fake_run(runs / "head_128-seed0", 0.99, 0.99, 0.5)  # the best kappa, but one seed
     output = tmp_path / "table"
-    assert ablation.main(["--variants", "default", "vmf", "kl_1", "--runs-dir", str(runs), "--output", str(output),
+    assert ablation.main(["--variants", "default", "vmf", "kl_1", "head_128", "--runs-dir", str(runs), "--output", str(output),
                           "--table-only"]) == 0
     result = json.loads(output.with_suffix(".json").read_text())
-    assert result["chosen"] == "vmf"  # kl_1 is left out: its kNN top-1 is 0.1 below the default's
+    assert result["chosen"] == "vmf"  # kl_1 is left out: its kNN top-1 is 0.1 below the default's; head_128: 1 seed
+    assert result["seeds"]["head_128"] == [0] and math.isnan(result["table"]["head_128"]["knn_top1"]["std"])
     default = result["table"]["default"]
     assert default["knn_top1"]["mean"] == pytest.approx(0.98) and default["knn_top1"]["std"] == pytest.approx(0.01)
     kappa = default["summary"]["mixed_vs_clean"]["kappa"]
@@ -109,7 +111,7 @@ def test_the_table_from_finished_runs(tmp_path, capsys):
     assert default["kappa_strongest_augmentation_ratio"]["mean"] == pytest.approx(0.5)
     table = output.with_suffix(".md").read_text()
     assert "| default | 0.750 ± 0.050 | 0.900 ± 0.000 |" in table and "- vmf: 0.850 ± 0.050 **(chosen)**" in table
-    assert "## clean vs mixed 50/50" in table and "n/a" in table
+    assert "## clean vs mixed 50/50" in table and "n/a" in table and "| head_128 | kappa head 128 wide | 1 |" in table
     assert "chosen: vmf" in capsys.readouterr().out
 
 
