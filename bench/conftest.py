@@ -88,6 +88,13 @@ TARGETS = [
     *(Target(f"sphere_transform {mode} B=4096 D=2048 float32 cpu", "fused-cpu", baseline, cpu_threads=2, **goal)
       for mode in ("fwd", "fwd+bwd")
       for baseline, goal in (("copy", {"max_ratio": 1.5}), ("compiled", {"min_speedup": 5.0}))),
+    # Issue 13: the samplers (bench_distributions.py), CPU at 2 threads, D = 2048: power spherical at least 10x
+    # the power_spherical package and within 3x of the memory floor; vMF within 1.5x of power spherical.
+    *(Target(f"spherical rsample {mode} B=4096 D=2048 float32 cpu", "fused-cpu", baseline, cpu_threads=2, **goal)
+      for mode in ("fwd", "fwd+bwd")
+      for baseline, goal in (("copy", {"max_ratio": 3.0}), ("power_spherical package", {"min_speedup": 10.0}))),
+    *(Target(f"spherical rsample {mode} B=4096 D=2048 float32 cpu", "vmf", "fused-cpu", max_ratio=1.5, cpu_threads=2)
+      for mode in ("fwd", "fwd+bwd")),
     # Issues 7 and 12: the cost of uncertainty in a whole training step: under 2% with the fused loss,
     # decided by the paired measurement (steps of both models alternated; bench_train_step.py).
     Target("train_step_paired *", "vi_simsiam", "simsiam", max_ratio=1.02),

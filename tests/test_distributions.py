@@ -91,7 +91,7 @@ def _monte_carlo_kl(p, q, n=20000):
 def test_kl_against_monte_carlo(dim):
     """Every registered pair, closed form within 5 Monte-Carlo standard errors (plus 1e-9)."""
     torch.manual_seed(dim)
-    f64 = dict(dtype=torch.float64)
+    f64 = {"dtype": torch.float64}
     loc1, loc2 = torch.randn(2, dim, **f64), torch.randn(2, dim, **f64)
     loc2[1] = loc1[1] + 0.1 * loc2[1]
     k1, k2 = torch.tensor([3.0, 0.2 * dim], **f64), torch.tensor([0.5, 0.1 * dim], **f64)

@@ -41,7 +41,6 @@ theta = 2 atan2(sqrt(1 - w), sqrt(1 + w)).
 
 from __future__ import annotations
 
-
 import torch
 
 from . import _angle_law

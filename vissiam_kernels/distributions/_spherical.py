@@ -13,6 +13,7 @@ step). The per-row scalar work is float64 whatever the dtype of loc.
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +65,7 @@ class SphericalDistribution(Distribution):
     """
 
     family: str = ""
-    arg_constraints = {"loc": constraints.real_vector, "concentration": constraints.nonnegative}
+    arg_constraints: ClassVar[dict] = {"loc": constraints.real_vector, "concentration": constraints.nonnegative}
     support = _checks.unit_sphere
     has_rsample = True
 
@@ -119,7 +120,7 @@ class SphericalDistribution(Distribution):
         return new
 
     # ------------------------------------------------------------------ sampling
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         """A reparameterized draw: sample_shape + batch_shape + (D,) in loc's dtype, differentiable
         in loc and concentration."""
         shape = self._extended_shape(torch.Size(sample_shape))

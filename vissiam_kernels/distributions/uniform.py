@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch.distributions import Distribution
@@ -17,11 +19,11 @@ class HypersphericalUniform(Distribution):
     when None). log p = -log |S^{D-1}|, |S^{D-1}| = 2 pi^{D/2} / Gamma(D/2).
     """
 
-    arg_constraints = {}
+    arg_constraints: ClassVar[dict] = {}
     support = _checks.unit_sphere
     has_rsample = True
 
-    def __init__(self, dim, device=None, dtype=None, validate_args=None, batch_shape=torch.Size()):
+    def __init__(self, dim, device=None, dtype=None, validate_args=None, batch_shape=()):
         dim = _checks.check_dim(dim)
         self._device = torch.device(device) if device is not None else torch.empty(0).device
         self._dtype = dtype if dtype is not None else torch.get_default_dtype()
@@ -48,7 +50,7 @@ class HypersphericalUniform(Distribution):
         new._validate_args = self._validate_args
         return new
 
-    def rsample(self, sample_shape=torch.Size()) -> torch.Tensor:
+    def rsample(self, sample_shape=()) -> torch.Tensor:
         """sample_shape + batch_shape + (D,): standard normal vectors, normalized."""
         shape = self._extended_shape(torch.Size(sample_shape))
         return F.normalize(torch.randn(shape, device=self._device, dtype=self._dtype), dim=-1, eps=NORMALIZE_EPS)
