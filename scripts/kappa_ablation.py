@@ -128,13 +128,18 @@ def aggregate(per_seed: list[dict]) -> dict:
 
 def choose(table: dict) -> str:
     """The variant with the largest mean kappa AUROC over CHOICE_STATISTICS among those with as many seeds
-    as the default and a kNN top-1 within one standard deviation of the default's: a more informative
-    kappa, not a worse model, nor a lucky seed."""
+    as the default and a kNN top-1 within one standard deviation of the default's (a more informative
+    kappa, not a worse model, nor a lucky seed), if it is ahead of the default by more than the spread
+    over seeds; otherwise the default."""
     reference = table["default"]["knn_top1"]
     tolerance = max(reference["std"] if not math.isnan(reference["std"]) else 0.0, 0.005)
     allowed = [v for v, row in table.items() if row["knn_top1"]["n"] >= reference["n"]
                and row["knn_top1"]["mean"] >= reference["mean"] - tolerance]
-    return max(allowed, key=lambda v: table[v]["choice_score"]["mean"])
+    best = max(allowed, key=lambda v: table[v]["choice_score"]["mean"])
+    # the default stays unless the best is ahead by more than the seeds' spread (either's standard deviation)
+    ours, theirs = table["default"]["choice_score"], table[best]["choice_score"]
+    margin = max(0.0 if math.isnan(x["std"]) else x["std"] for x in (ours, theirs))
+    return best if theirs["mean"] - ours["mean"] > margin else "default"
 
 
 def fmt(entry: dict, digits: int = 3) -> str:
@@ -179,7 +184,9 @@ def markdown(table: dict, chosen: str, seeds: list[int], machine: str) -> str:
                      f"{fmt(row['kappa_augmentation_spearman'])} | {fmt(row['kappa_mixing_spearman'])} |")
     lines += ["", "## Choice", "",
               f"Mean kappa AUROC over {', '.join(CHOICE_STATISTICS)}, among variants with as many seeds as the "
-              "default whose kNN top-1 is within one standard deviation (at least 0.005) of the default's:", ""]
+              "default whose kNN top-1 is within one standard deviation (at least 0.005) of the default's; the "
+              "best replaces the default only if it is ahead by more than either's standard deviation over seeds:",
+              ""]
     for variant, row in sorted(table.items(), key=lambda item: -item[1]["choice_score"]["mean"]):
         lines.append(f"- {variant}: {fmt(row['choice_score'])}" + (" **(chosen)**" if variant == chosen else ""))
     return "\n".join(lines) + "\n"

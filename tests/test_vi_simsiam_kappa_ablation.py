@@ -119,3 +119,14 @@ def test_no_table_without_the_default(tmp_path):
     _fake_run(tmp_path / "vmf-seed0", 0.98, 0.8, 0.9)
     assert _ablation().main(["--variants", "vmf", "--seeds", "0", "--runs-dir", str(tmp_path), "--output",
                              str(tmp_path / "t"), "--table-only"]) == 1
+
+
+def test_the_default_stays_unless_a_variant_is_ahead_by_more_than_the_spread():
+    ablation = _ablation()
+
+    def row(score, std, n=3):
+        return {"knn_top1": {"mean": 0.95, "std": 0.01, "n": n}, "choice_score": {"mean": score, "std": std, "n": n}}
+
+    assert ablation.choose({"default": row(0.77, 0.04), "backbone_input": row(0.79, 0.02)}) == "default"
+    assert ablation.choose({"default": row(0.77, 0.01), "backbone_input": row(0.79, 0.01)}) == "backbone_input"
+    assert ablation.choose({"default": row(0.77, 0.01), "vmf": row(0.90, float("nan"), n=1)}) == "default"
