@@ -79,6 +79,14 @@ def run_one(variant: str, seed: int, runs_dir: Path, threads: int, extra: list[s
     return run
 
 
+def _schedule(run: Path) -> str | None:
+    """'epochs (warmup N)' from the run's config.json."""
+    if not (run / "config.json").is_file():
+        return None
+    cfg = json.loads((run / "config.json").read_text())
+    return f"{cfg['epochs']} (warmup {cfg['warmup_epochs']})"
+
+
 def read_run(run: Path) -> dict:
     """The numbers of one finished run that the table reports."""
     uncertainty = json.loads((run / "uncertainty.json").read_text())
@@ -86,6 +94,7 @@ def read_run(run: Path) -> dict:
     kappa_levels = probes["augmentation"]["components"]["all"]["kappa"]["mean"]
     seconds = run / "ablation_seconds.txt"
     return {
+        "epochs": _schedule(run),
         "knn_top1": uncertainty["knn_top1"],
         "linear_top1": uncertainty["linear_top1"],
         "num_wrong_knn": probes["num_wrong"]["knn"],
@@ -121,6 +130,7 @@ def aggregate(per_seed: list[dict]) -> dict:
                            for r in per_seed]) for statistic in SUMMARY_STATISTICS}
     result["choice_score"] = spread([statistics.fmean(r["summary"][s]["kappa"] for s in CHOICE_STATISTICS)
                                      for r in per_seed])
+    result["epochs"] = sorted({r["epochs"] for r in per_seed if r["epochs"] is not None})
     seconds = [r["seconds"] for r in per_seed if r["seconds"] is not None]
     result["seconds"] = spread(seconds) if seconds else None
     return result
@@ -163,12 +173,13 @@ def markdown(table: dict, chosen: str, seeds: list[int], machine: str) -> str:
         "",
         "## Variants",
         "",
-        "| variant | change | seeds | kNN top-1 | kNN errors (of 450) | mean kappa | seconds per run |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | change | seeds | epochs | kNN top-1 | kNN errors (of 450) | mean kappa | seconds per run |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for variant, row in table.items():
         seconds = fmt(row["seconds"], 0) if row["seconds"] else "n/a"
-        lines.append(f"| {variant} | {VARIANTS[variant][0]} | {row['knn_top1']['n']} | {fmt(row['knn_top1'])} | "
+        epochs = ", ".join(map(str, row["epochs"])) or "n/a"
+        lines.append(f"| {variant} | {VARIANTS[variant][0]} | {row['knn_top1']['n']} | {epochs} | {fmt(row['knn_top1'])} | "
                      f"{fmt(row['num_wrong_knn'], 1)} | {fmt(row['kappa_mean'], 0)} | {seconds} |")
     for statistic, label in SUMMARY_STATISTICS.items():
         lines += ["", f"## {label}", "", "| variant | " + " | ".join(SHORT[s] for s in SCORES)

@@ -86,6 +86,7 @@ def _fake_run(path: Path, knn_top1: float, kappa_auroc: float, baseline_auroc: f
     (path / "uncertainty.json").write_text(json.dumps(
         {"knn_top1": knn_top1, "linear_top1": 1.0, "kappa": {"mean": 123.0}, "probes": probes}))
     (path / "eval.json").write_text("{}")
+    (path / "config.json").write_text(json.dumps({"epochs": 60, "warmup_epochs": 6}))
 
 
 def test_the_table_from_finished_runs(tmp_path, capsys):
@@ -111,7 +112,7 @@ def test_the_table_from_finished_runs(tmp_path, capsys):
     assert default["kappa_strongest_augmentation_ratio"]["mean"] == pytest.approx(0.5)
     table = output.with_suffix(".md").read_text()
     assert "| default | 0.750 ± 0.050 | 0.900 ± 0.000 |" in table and "- vmf: 0.850 ± 0.050 **(chosen)**" in table
-    assert "## clean vs mixed 50/50" in table and "n/a" in table and "| head_128 | kappa head 128 wide | 1 |" in table
+    assert "## clean vs mixed 50/50" in table and "n/a" in table and "| head_128 | kappa head 128 wide | 1 | 60 (warmup 6) |" in table
     assert "chosen: vmf" in capsys.readouterr().out
 
 
