@@ -48,7 +48,7 @@ setup(
         "matplotlib",
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "mpmath"],
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "mpmath", "power-spherical"],  # the peer package log_prob is checked against
         "bench": ["pytest", "pytest-benchmark", "power-spherical"],
     },
     entry_points={"console_scripts": ["vi-simsiam=vi_simsiam.cli:main"]},
