@@ -13,6 +13,12 @@ kNN top-1, and kappa's mean at the strongest training augmentation relative to c
     python scripts/kappa_ablation.py --table-only           # the table from the runs already there
     python scripts/kappa_ablation.py --variants default vmf --seeds 0 1 2
 
+The committed table (bench/results/kappa_ablation.md; the preset's 100 epochs did not fit the shared
+2-core machine's time, so 60):
+
+    python scripts/kappa_ablation.py --runs-dir /tmp/kappa_ablation \
+        --variants default backbone_input vmf kl_1 scaled_exp head_lr_x10 -- --epochs 60 --warmup-epochs 6
+
 Runs go to --runs-dir/<variant>-seed<seed> (a finished run, one with eval.json, is not trained
 again); the table to bench/results/kappa_ablation.md and .json.
 """
