@@ -59,4 +59,12 @@ TORCH_LIBRARY(vissiam_kernels, m) {
   // (N,) float64.
   m.def("sphere_sample_transform_backward(Tensor grad_x, Tensor loc, Tensor t, Tensor s, Tensor noise)"
         " -> (Tensor grad_loc, Tensor grad_t, Tensor grad_s)");
+  // The same transform with the noise drawn inside the kernel (csrc/cpu/philox_normal.inc): element
+  // (i, j) of the (N, D-1) noise is a Box-Muller normal of Philox4x32-10 at counter (j/4, i, offset),
+  // key = seed[0]; seed: (2,) int64 (key, offset) on loc's device. The backward draws it again.
+  m.def("sphere_sample_seeded(Tensor loc, Tensor t, Tensor s, Tensor seed) -> Tensor");
+  m.def("sphere_sample_seeded_backward(Tensor grad_x, Tensor loc, Tensor t, Tensor s, Tensor seed)"
+        " -> (Tensor grad_loc, Tensor grad_t, Tensor grad_s)");
+  // The noise those ops draw: (rows, cols) in dtype, on seed's device.
+  m.def("sphere_sample_noise(Tensor seed, int rows, int cols, ScalarType dtype) -> Tensor");
 }

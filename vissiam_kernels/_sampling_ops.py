@@ -9,6 +9,14 @@ Backends (``VISSIAM_BACKEND``, ``last_backend()`` tells which ran):
   so ``cuda`` runs ``triton`` where Triton loads, else the reference (one warning);
 - ``reference``: ``sampling_reference.householder_transform``.
 
+``sphere_sample`` (and ``sphere_sample_seeded``, given the seed) is the same transform with the noise
+drawn inside the C++ kernel from Philox4x32-10 under a seed (key, offset) that one call on torch's
+generator draws: bit for bit reproducible under ``torch.manual_seed``, independent of the thread
+count, and no (N, D-1) noise tensor in memory (``sphere_noise`` returns it, for tests and the
+reference). Its backward draws the noise again. Backends: ``cpu`` (the op
+``vissiam_kernels::sphere_sample_seeded``) and ``reference``; on ``triton`` / ``cuda`` (no seeded
+Triton kernel yet) the noise is drawn by the CPU op and moved, then the Triton transform runs.
+
 Both compiled ops share one backward op (same schema in both namespaces), whose equations are
 derived at the top of csrc/cpu/sphere_sampling_cpu.cpp; it returns gradients for loc, t and s, none
 for the noise (a draw). Inputs are checked on every backend with the same messages: loc (N, D),
@@ -22,10 +30,14 @@ import warnings
 
 import torch
 
-from . import _dispatch
-from .sampling_reference import householder_transform
+from . import _dispatch, _extension
+from .sampling_reference import householder_transform, philox_normal
 
 FORWARD_SCHEMA = "(Tensor loc, Tensor t, Tensor s, Tensor noise) -> Tensor"
+SEEDED_SCHEMA = "(Tensor loc, Tensor t, Tensor s, Tensor seed) -> Tensor"
+SEEDED_BACKWARD_SCHEMA = "(Tensor grad_x, Tensor loc, Tensor t, Tensor s, Tensor seed) -> (Tensor, Tensor, Tensor)"
+SEED_LOW, SEED_HIGH = -(2**63), 2**63 - 1
+"""The range of the (key, offset) words drawn from torch's generator (all 64-bit patterns)."""
 BACKWARD_SCHEMA = "(Tensor grad_x, Tensor loc, Tensor t, Tensor s, Tensor noise) -> (Tensor, Tensor, Tensor)"
 _NAMESPACES = {"cpu": "vissiam_kernels", "triton": "vissiam_triton"}
 
@@ -40,6 +52,52 @@ def sphere_transform(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise:
     # The op checks the rest; a tensor on another device would route the call to that device's kernel.
     check_devices(loc, t, s, noise)
     return _forward_op(backend)(loc, t, s, noise)
+
+
+def sphere_sample(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """x = H [t, s v] with v uniform on S^{D-2}, the noise drawn inside the kernel: loc (N, D); t, s (N,)
+    float64 -> x (N, D) in loc's dtype, differentiable in loc, t, s.
+
+    One call on torch's generator (``generator``, else the default one of loc's device) draws
+    seed = (key, offset), two int64 words; the op then draws the (N, D-1) standard normal noise from
+    Philox4x32-10 (``sphere_noise(seed, N, D - 1)`` is that noise), so ``torch.manual_seed``
+    reproduces a draw bit for bit, and consecutive calls differ. The backward draws the noise again:
+    nothing of size (N, D-1) is kept.
+    """
+    seed = torch.randint(SEED_LOW, SEED_HIGH, (2,), generator=generator, device=loc.device, dtype=torch.int64)
+    return sphere_sample_seeded(loc, t, s, seed)
+
+
+def sphere_sample_seeded(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """``sphere_transform(loc, t, s, sphere_noise(seed, N, D - 1, loc.dtype))`` in one pass: seed (2,) int64
+    (key, offset) on loc's device. Backends: cpu (the C++ op ``vissiam_kernels::sphere_sample_seeded``),
+    reference (the noise from ``sphere_noise``, then the reference transform); triton and cuda have no
+    seeded kernel yet and run the noise op plus the Triton transform."""
+    backend = _transform_backend(loc.device)
+    if backend == "cpu":
+        check_devices(loc, t, s, seed, names=("t", "s", "seed", "grad_x"))
+        return _seeded_op()(loc, t, s, seed)
+    check_seeded_inputs(loc, t, s, seed)
+    noise = sphere_noise(seed, loc.shape[0], loc.shape[1] - 1, loc.dtype)
+    if backend == "reference":  # pure PyTorch: the float64 noise rounded to loc's dtype
+        return householder_transform(loc, t, s, noise)
+    backend = _transform_backend(loc.device)  # what runs the transform, for last_backend()
+    return _forward_op(backend)(loc, t, s, noise)
+
+
+def sphere_noise(seed: torch.Tensor, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The standard normal noise (rows, cols) in ``dtype`` that the seeded sampler draws under seed (2,)
+    int64 = (key, offset), on seed's device (csrc/cpu/philox_normal.inc gives the law of each element).
+    Drawn by the CPU op (``last_backend()`` says "cpu"; a seed on another device is drawn on the CPU and
+    moved), or with VISSIAM_BACKEND=reference by ``sampling_reference.philox_normal`` (float64, rounded
+    to ``dtype``: within float32 rounding of the op's)."""
+    if _transform_backend(seed.device) == "reference":
+        return philox_normal(seed, rows, cols).to(device=seed.device, dtype=dtype)
+    _extension.load_cpu_library()
+    _prepare_cpu()
+    _dispatch._state["last"] = "cpu"
+    return torch.ops.vissiam_kernels.sphere_sample_noise(seed.cpu(), rows, cols, dtype).to(seed.device)
 
 
 # ---------------------------------------------------------------- backend choice
@@ -94,6 +152,10 @@ def _resolve_compiled(backend: str) -> str:
     return "triton"
 
 
+def _seeded_op():
+    return torch.ops.vissiam_kernels.sphere_sample_seeded.default
+
+
 def _forward_op(backend: str):
     return getattr(torch.ops, _NAMESPACES[backend]).sphere_sample_transform.default
 
@@ -125,25 +187,53 @@ def check_transform_inputs(loc, t, s, noise, grad_x=None) -> None:
             raise TypeError(f"grad_x must have loc's dtype {loc.dtype}; got {grad_x.dtype}")
 
 
-def check_devices(loc, t, s, noise, grad_x=None) -> None:
+def check_seeded_inputs(loc, t, s, seed, grad_x=None) -> None:
+    """The checks of the seeded op (csrc/cpu/sphere_sampling_cpu.cpp's messages): loc, t, s as above;
+    seed (2,) int64 on loc's device; fewer than 2^32 rows."""
+    if loc.dim() != 2 or loc.shape[1] < 2:
+        raise ValueError(f"loc must have shape (N, D) with D >= 2; got {list(loc.shape)}")
+    check_transform_inputs(loc, t, s, loc.new_empty((loc.shape[0], loc.shape[1] - 1)), grad_x)
+    check_devices(loc, t, s, seed, grad_x, names=("t", "s", "seed", "grad_x"))
+    if seed.dim() != 1 or seed.shape[0] != 2:
+        raise ValueError(f"seed must have shape (2,) (key, offset); got {list(seed.shape)}")
+    if seed.dtype != torch.int64:
+        raise TypeError(f"seed must be an int64 tensor; got {seed.dtype}")
+    if loc.shape[0] >= 2**32:
+        raise ValueError(f"loc must have fewer than 2^32 rows for the seeded sampler; got {loc.shape[0]}")
+
+
+def check_devices(loc, t, s, noise, grad_x=None, names=("t", "s", "noise", "grad_x")) -> None:
     """Every input on loc's device (ValueError naming the first that is not)."""
     device = loc.device
-    for name, tensor in (("t", t), ("s", s), ("noise", noise), ("grad_x", grad_x)):
+    for name, tensor in zip(names, (t, s, noise, grad_x)):
         if tensor is not None and tensor.device != device:
             raise ValueError(f"{name} must be on {device} (the device of the other inputs); got {tensor.device}")
 
 
 # ---------------------------------------------------------------- fake kernels and autograd
-def _forward_fake(loc, t, s, noise):
-    check_transform_inputs(loc, t, s, noise)  # shapes and dtypes known while tracing: the C++ messages
-    return loc.new_empty(loc.shape)
+def _fakes(check):
+    """The fake forward and backward of an op whose last input is the noise (or the seed), checked by
+    ``check`` (shapes and dtypes are known while tracing: the C++ messages)."""
+
+    def forward(loc, t, s, noise):
+        check(loc, t, s, noise)
+        return loc.new_empty(loc.shape)
+
+    def backward(grad_x, loc, t, s, noise):
+        check(loc, t, s, noise, grad_x)
+        rows = loc.shape[0]
+        return loc.new_empty(loc.shape), loc.new_empty((rows,), dtype=torch.float64), loc.new_empty(
+            (rows,), dtype=torch.float64)
+
+    return forward, backward
 
 
-def _backward_fake(grad_x, loc, t, s, noise):
-    check_transform_inputs(loc, t, s, noise, grad_x)
-    rows = loc.shape[0]
-    return loc.new_empty(loc.shape), loc.new_empty((rows,), dtype=torch.float64), loc.new_empty(
-        (rows,), dtype=torch.float64)
+_forward_fake, _backward_fake = _fakes(check_transform_inputs)
+_seeded_fake, _seeded_backward_fake = _fakes(check_seeded_inputs)
+
+
+def _noise_fake(seed, rows, cols, dtype):
+    return seed.new_empty((rows, cols), dtype=dtype)
 
 
 @functools.cache
@@ -152,6 +242,10 @@ def register_transform_fake(namespace: str) -> None:
     their launcher instead)."""
     torch.library.register_fake(f"{namespace}::sphere_sample_transform")(_forward_fake)
     torch.library.register_fake(f"{namespace}::sphere_sample_transform_backward")(_backward_fake)
+    if namespace == "vissiam_kernels":  # the seeded ops are C++ only
+        torch.library.register_fake(f"{namespace}::sphere_sample_seeded")(_seeded_fake)
+        torch.library.register_fake(f"{namespace}::sphere_sample_seeded_backward")(_seeded_backward_fake)
+        torch.library.register_fake(f"{namespace}::sphere_sample_noise")(_noise_fake)
 
 
 def _setup_context(ctx, inputs, output):
@@ -177,3 +271,9 @@ def register_transform_autograd(namespace: str) -> None:
         functools.partial(_backward, backward_op),
         setup_context=_setup_context,
     )
+    if namespace == "vissiam_kernels":  # the seeded op: the same backward with the seed for the noise
+        torch.library.register_autograd(
+            f"{namespace}::sphere_sample_seeded",
+            functools.partial(_backward, torch.ops.vissiam_kernels.sphere_sample_seeded_backward.default),
+            setup_context=_setup_context,
+        )

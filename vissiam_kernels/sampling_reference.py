@@ -47,3 +47,56 @@ def householder_transform(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, n
     x_1 = mu_1 * t + s * tail_dot_v
     x_tail = s[:, None] * v + mu_tail * (t - s * ratio)[:, None]
     return torch.cat([x_1[:, None], x_tail], dim=-1).to(dtype)
+
+
+# ---------------------------------------------------------------- the seeded sampler's noise
+PHILOX_MULTIPLIERS = (0xD2511F53, 0xCD9E8D57)
+PHILOX_WEYL = (0x9E3779B9, 0xBB67AE85)
+_MASK32 = 0xFFFFFFFF
+
+
+def _mul_wide(a: torch.Tensor, m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(high, low) 32-bit words of a * m for uint32 values a held in int64 (a in 16-bit halves so that
+    no product leaves int64)."""
+    low_part = (a & 0xFFFF) * m  # < 2^48
+    high_part = (a >> 16) * m  # < 2^48; a * m = high_part 2^16 + low_part
+    middle = ((high_part & 0xFFFF) << 16) + low_part  # < 2^49
+    return (high_part >> 16) + (middle >> 32), middle & _MASK32
+
+
+def philox4x32_10(counter: tuple, key: tuple) -> tuple[torch.Tensor, ...]:
+    """Philox4x32-10 (Random123) of counters (c0, c1, c2, c3), uint32 values in int64 tensors (or ints),
+    under key (k0, k1): the four output words, as int64 tensors."""
+    c0, c1, c2, c3 = (torch.as_tensor(c, dtype=torch.int64) for c in counter)
+    k0, k1 = key
+    for _ in range(10):
+        hi0, lo0 = _mul_wide(c0, PHILOX_MULTIPLIERS[0])
+        hi1, lo1 = _mul_wide(c2, PHILOX_MULTIPLIERS[1])
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0, k1 = (k0 + PHILOX_WEYL[0]) & _MASK32, (k1 + PHILOX_WEYL[1]) & _MASK32
+    return c0, c1, c2, c3
+
+
+def philox_normal(seed: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """The seeded sampler's noise (rows, cols) in float64 (csrc/cpu/philox_normal.inc computes it in
+    float32): element (i, j) of Box-Muller on Philox4x32-10 at counter (j // 4, i, offset low, offset
+    high) under key = seed[0] (64-bit patterns of the two int64 words):
+
+        r = sqrt(-2 log u), u = (x0 >> 1) 2^-31 + 2^-32;  th = 2 pi x1 2^-32;
+        z[i, 4k .. 4k+3] = r cos th, r sin th, r' cos th', r' sin th'   ((x2, x3) give r', th').
+    """
+    key, offset = (int(v) & (2**64 - 1) for v in seed.cpu().tolist())
+    blocks = (cols + 3) // 4
+    c0 = torch.arange(blocks, dtype=torch.int64)[None, :].expand(rows, blocks)
+    c1 = torch.arange(rows, dtype=torch.int64)[:, None].expand(rows, blocks)
+    words = philox4x32_10((c0, c1, offset & _MASK32, offset >> 32), (key & _MASK32, key >> 32))
+    words = [w.expand(rows, blocks).to(torch.float64) for w in words]
+
+    def pair(x_radius, x_angle):
+        u = torch.floor(x_radius / 2) * 2.0**-31 + 2.0**-32
+        radius = torch.sqrt(-2 * torch.log(u))
+        angle = 2 * torch.pi * x_angle * 2.0**-32
+        return radius * torch.cos(angle), radius * torch.sin(angle)
+
+    z = torch.stack([*pair(words[0], words[1]), *pair(words[2], words[3])], dim=-1)  # (rows, blocks, 4)
+    return z.reshape(rows, 4 * blocks)[:, :cols].contiguous()

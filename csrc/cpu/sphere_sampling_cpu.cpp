@@ -41,6 +41,14 @@
 // The noise gets no gradient (it is a draw; the schema's backward returns none for it). Rows run in
 // parallel (at::parallel_for); each row is computed by the same operations whatever the thread
 // count: results are bitwise deterministic.
+//
+// The seeded ops (sphere_sample_seeded and its backward) are the same kernels with the noise drawn
+// inside: each row's (D - 1) normals are generated from Philox4x32-10 under seed = (key, offset)
+// (philox_normal.inc) into a one-row buffer that stays in cache, then read by the same row code
+// (the Noise template parameter: TensorNoise or PhiloxNoise). The backward draws the row again, so
+// no (N, D - 1) noise is written, read from memory or kept for the backward. sphere_sample_noise
+// returns that noise as a tensor: sphere_sample_seeded(loc, t, s, seed) equals
+// sphere_sample_transform(loc, t, s, sphere_sample_noise(seed, N, D - 1, dtype)) bit for bit.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/ATen.h>
@@ -50,6 +58,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <vector>
 
 #include "gradient_buffer_pool.h"
 #include "row_streams.h"
@@ -71,12 +80,16 @@ struct SphereBackwardDots {
 #pragma GCC diagnostic ignored "-Wpsabi"
 namespace streams_portable {
 #include "sphere_sampling_rows.inc"
+#include "philox_normal.inc"
 }  // namespace streams_portable
 #if defined(VISSIAM_ROW_STREAMS_X86)
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
 namespace streams_avx2 {
 #include "sphere_sampling_rows.inc"
+#define VISSIAM_PHILOX_AVX2 1  // philox_normal.inc: vpmuludq and vsqrtps (the target pragma defines no __AVX2__)
+#include "philox_normal.inc"
+#undef VISSIAM_PHILOX_AVX2
 }  // namespace streams_avx2
 #pragma GCC pop_options
 #endif
@@ -99,6 +112,49 @@ void sphere_backward_combination(const scalar_t* g, const scalar_t* z, const sca
   if (row_streams_use_avx2()) return streams_avx2::sphere_backward_combination(g, z, l, out, n, cg, cz, cl, stream);
 #endif
   streams_portable::sphere_backward_combination(g, z, l, out, n, cg, cz, cl, stream);
+}
+
+template <typename scalar_t>
+void philox_normal_row(uint64_t key, uint64_t offset, uint64_t row, scalar_t* out, int64_t n) {
+#if defined(VISSIAM_ROW_STREAMS_X86)
+  if (row_streams_use_avx2()) return streams_avx2::philox_normal_row(key, offset, row, out, n);
+#endif
+  streams_portable::philox_normal_row(key, offset, row, out, n);
+}
+
+// Where a row's noise comes from: a (N, D - 1) tensor (TensorNoise), or drawn in place from Philox
+// (PhiloxNoise, philox_normal.inc) into a per-task buffer of one row that stays in cache. The
+// kernels below take either through one template parameter; the row arithmetic is the same.
+template <typename scalar_t>
+struct TensorNoise {
+  static constexpr bool kGenerated = false;
+  const scalar_t* data;
+  int64_t stride;
+  const scalar_t* row(int64_t i, scalar_t* /*buffer*/, int64_t /*n*/) const { return data + i * stride; }
+};
+
+template <typename scalar_t>
+struct PhiloxNoise {
+  static constexpr bool kGenerated = true;
+  uint64_t key;
+  uint64_t offset;
+  const scalar_t* row(int64_t i, scalar_t* buffer, int64_t n) const {
+    philox_normal_row(key, offset, static_cast<uint64_t>(i), buffer, n);
+    return buffer;
+  }
+};
+
+template <typename scalar_t>
+TensorNoise<scalar_t> tensor_noise(const at::Tensor& noise) {
+  return {noise.data_ptr<scalar_t>(), noise.stride(0)};
+}
+
+// seed: (2,) int64 on the CPU, (key, offset) read as 64-bit patterns.
+template <typename scalar_t>
+PhiloxNoise<scalar_t> philox_noise(const at::Tensor& seed) {
+  const at::Tensor values = seed.contiguous();
+  const int64_t* data = values.data_ptr<int64_t>();
+  return {static_cast<uint64_t>(data[0]), static_cast<uint64_t>(data[1])};
 }
 
 // Elements before `out` reaches a 16-byte boundary (the tail of an output row starts one element
@@ -154,32 +210,25 @@ at::Tensor unit_inner_stride(const at::Tensor& x) {
   return x.size(1) <= 1 || x.stride(1) == 1 ? x : x.contiguous();
 }
 
-// loc (N, D), D >= 2, floating; t, s (N,) float64; noise (N, D - 1) in loc's dtype; grad_x (when
-// given) (N, D) in loc's dtype; all on one CPU device.
-void check_transform_inputs(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s, const at::Tensor& noise,
-                            const at::Tensor* grad_x) {
+// loc (N, D), D >= 2, floating; t, s (N,) float64; grad_x (when given) (N, D) in loc's dtype; all on
+// one CPU device.
+void check_row_inputs(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s, const at::Tensor* grad_x) {
   VISSIAM_CHECK_ARG(loc.device().type() == at::kCPU, "loc must be a CPU tensor for the CPU kernel; got ",
                     loc.device());
   VISSIAM_CHECK_ARG(loc.dim() == 2 && loc.size(1) >= 2, "loc must have shape (N, D) with D >= 2; got ",
                     loc.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(loc.scalar_type()), "loc must be a floating point tensor; got ",
                    loc.scalar_type());
-  const int64_t rows = loc.size(0), dim = loc.size(1);
+  const int64_t rows = loc.size(0);
   const at::Device device = loc.device();
   VISSIAM_CHECK_ON_DEVICE(t, device, "t");
   VISSIAM_CHECK_ON_DEVICE(s, device, "s");
-  VISSIAM_CHECK_ON_DEVICE(noise, device, "noise");
   VISSIAM_CHECK_ARG(t.dim() == 1 && t.size(0) == rows, "t must have shape (", rows, ",) (one per row of loc); got ",
                     t.sizes());
   VISSIAM_CHECK_ARG(s.dim() == 1 && s.size(0) == rows, "s must have shape (", rows, ",) (one per row of loc); got ",
                     s.sizes());
   TORCH_CHECK_TYPE(t.scalar_type() == at::kDouble, "t must be a float64 tensor; got ", t.scalar_type());
   TORCH_CHECK_TYPE(s.scalar_type() == at::kDouble, "s must be a float64 tensor; got ", s.scalar_type());
-  VISSIAM_CHECK_ARG(noise.dim() == 2 && noise.size(0) == rows && noise.size(1) == dim - 1,
-                    "noise must have shape (", rows, ", ", dim - 1, ") (loc's rows, D - 1 columns); got ",
-                    noise.sizes());
-  TORCH_CHECK_TYPE(noise.scalar_type() == loc.scalar_type(), "noise must have loc's dtype ", loc.scalar_type(),
-                   "; got ", noise.scalar_type());
   if (grad_x != nullptr) {
     VISSIAM_CHECK_ON_DEVICE(*grad_x, device, "grad_x");
     VISSIAM_CHECK_ARG(grad_x->sizes() == loc.sizes(), "grad_x must have loc's shape ", loc.sizes(), "; got ",
@@ -189,22 +238,47 @@ void check_transform_inputs(const at::Tensor& loc, const at::Tensor& t, const at
   }
 }
 
-template <typename scalar_t>
-void transform_forward_rows(const at::Tensor& loc, const at::Tensor& noise, StridedDoubles t, StridedDoubles s,
+// ... and noise (N, D - 1) in loc's dtype, on loc's device.
+void check_transform_inputs(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s, const at::Tensor& noise,
+                            const at::Tensor* grad_x) {
+  check_row_inputs(loc, t, s, grad_x);
+  const int64_t rows = loc.size(0), dim = loc.size(1);
+  VISSIAM_CHECK_ON_DEVICE(noise, loc.device(), "noise");
+  VISSIAM_CHECK_ARG(noise.dim() == 2 && noise.size(0) == rows && noise.size(1) == dim - 1,
+                    "noise must have shape (", rows, ", ", dim - 1, ") (loc's rows, D - 1 columns); got ",
+                    noise.sizes());
+  TORCH_CHECK_TYPE(noise.scalar_type() == loc.scalar_type(), "noise must have loc's dtype ", loc.scalar_type(),
+                   "; got ", noise.scalar_type());
+}
+
+// seed: (2,) int64 (key, offset) on `device`; rows < 2^32 (the row is one 32-bit word of the counter).
+void check_seed(const at::Tensor& seed, const at::Device& device, int64_t rows) {
+  VISSIAM_CHECK_ON_DEVICE(seed, device, "seed");
+  VISSIAM_CHECK_ARG(seed.dim() == 1 && seed.size(0) == 2, "seed must have shape (2,) (key, offset); got ",
+                    seed.sizes());
+  TORCH_CHECK_TYPE(seed.scalar_type() == at::kLong, "seed must be an int64 tensor; got ", seed.scalar_type());
+  VISSIAM_CHECK_ARG(rows < (int64_t{1} << 32), "loc must have fewer than 2^32 rows for the seeded sampler; got ",
+                    rows);
+}
+
+// Noise: TensorNoise or PhiloxNoise (a generated row is drawn into `buffer`, one row per task).
+template <typename scalar_t, typename Noise>
+void transform_forward_rows(const at::Tensor& loc, const Noise& noise, StridedDoubles t, StridedDoubles s,
                             at::Tensor& x) {
   const int64_t rows = loc.size(0), dim = loc.size(1), tail = dim - 1;
   const scalar_t* l_ptr = loc.data_ptr<scalar_t>();
-  const scalar_t* z_ptr = noise.data_ptr<scalar_t>();
   scalar_t* x_ptr = x.data_ptr<scalar_t>();
-  const int64_t l_stride = loc.stride(0), z_stride = noise.stride(0);
-  const bool stream = stream_output(3 * static_cast<size_t>(x.nbytes()));  // read loc, noise; write x
+  const int64_t l_stride = loc.stride(0);
+  // read loc, noise (generated: none); write x
+  const bool stream = stream_output((Noise::kGenerated ? 2 : 3) * static_cast<size_t>(x.nbytes()));
   at::parallel_for(0, rows, transform_grain(dim), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> buffer(Noise::kGenerated ? tail : 0);
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* l = l_ptr + i * l_stride;
-      const scalar_t* z = z_ptr + i * z_stride;
+      const scalar_t* z = noise.row(i, buffer.data(), tail);
       scalar_t* out = x_ptr + i * dim;
       RowDots dots;  // mu_mu = |l_tail|^2, target_target = |z|^2, mu_target = l_tail.z
-      row_dots_block(l + 1, l_stride, z, z_stride, 1, tail, &dots);
+      row_dots_block(l + 1, l_stride, z, 0, 1, tail, &dots);
       const double l1 = static_cast<double>(l[0]);
       const TransformRow row = transform_row(l1, dots.mu_mu, dots.target_target, dots.mu_target);
       const double ti = t(i), si = s(i);
@@ -219,23 +293,23 @@ void transform_forward_rows(const at::Tensor& loc, const at::Tensor& noise, Stri
   });
 }
 
-template <typename scalar_t>
-void transform_backward_rows(const at::Tensor& grad_x, const at::Tensor& loc, const at::Tensor& noise,
+template <typename scalar_t, typename Noise>
+void transform_backward_rows(const at::Tensor& grad_x, const at::Tensor& loc, const Noise& noise,
                              StridedDoubles t, StridedDoubles s, at::Tensor& grad_loc, double* grad_t,
                              double* grad_s) {
   const int64_t rows = loc.size(0), dim = loc.size(1), tail = dim - 1;
   const scalar_t* g_ptr = grad_x.data_ptr<scalar_t>();
   const scalar_t* l_ptr = loc.data_ptr<scalar_t>();
-  const scalar_t* z_ptr = noise.data_ptr<scalar_t>();
   scalar_t* out_ptr = grad_loc.data_ptr<scalar_t>();
-  const int64_t g_stride = grad_x.stride(0), l_stride = loc.stride(0), z_stride = noise.stride(0);
-  // read grad_x, loc, noise; write grad_loc
-  const bool stream = stream_output(4 * static_cast<size_t>(grad_loc.nbytes()));
+  const int64_t g_stride = grad_x.stride(0), l_stride = loc.stride(0);
+  // read grad_x, loc, noise (generated: none); write grad_loc
+  const bool stream = stream_output((Noise::kGenerated ? 3 : 4) * static_cast<size_t>(grad_loc.nbytes()));
   at::parallel_for(0, rows, transform_grain(dim), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> buffer(Noise::kGenerated ? tail : 0);
     for (int64_t i = begin; i < end; ++i) {
       const scalar_t* g = g_ptr + i * g_stride;
       const scalar_t* l = l_ptr + i * l_stride;
-      const scalar_t* z = z_ptr + i * z_stride;
+      const scalar_t* z = noise.row(i, buffer.data(), tail);
       scalar_t* out = out_ptr + i * dim;
       const SphereBackwardDots dots = sphere_backward_dots(l + 1, z, g + 1, tail);
       const TransformRow row = transform_row(static_cast<double>(l[0]), dots.loc_loc, dots.noise_noise,
@@ -270,39 +344,95 @@ void transform_backward_rows(const at::Tensor& grad_x, const at::Tensor& loc, co
   });
 }
 
-// x = H [t, s noise/|noise|] of each row: loc (N, D), t, s (N,) float64, noise (N, D-1) -> x (N, D) in
-// loc's dtype, contiguous.
-at::Tensor sphere_sample_transform_cpu(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
-                                       const at::Tensor& noise) {
-  check_transform_inputs(loc, t, s, noise, nullptr);
-  const at::Tensor l = unit_inner_stride(loc), z = unit_inner_stride(noise);
+// x = H [t, s noise/|noise|] of each row, noise from `make_noise` (TensorNoise or PhiloxNoise):
+// loc (N, D), t, s (N,) float64 -> x (N, D) in loc's dtype, contiguous.
+template <typename MakeNoise>
+at::Tensor transform_forward(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
+                             MakeNoise make_noise) {
+  const at::Tensor l = unit_inner_stride(loc);
   at::Tensor x = GradientBufferPool::empty(l.sizes(), l.options());
   if (l.size(0) == 0) return x;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "sphere_sample_transform_cpu", [&] {
-    transform_forward_rows<scalar_t>(l, z, StridedDoubles(t), StridedDoubles(s), x);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "sphere_sampling_forward_cpu", [&] {
+    transform_forward_rows<scalar_t>(l, make_noise(scalar_t{}), StridedDoubles(t), StridedDoubles(s), x);
   });
   return x;
 }
 
-// The pullback of sphere_sample_transform for grad_x (N, D): grad_loc (N, D) in loc's dtype
-// (contiguous), grad_t, grad_s (N,) float64.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> sphere_sample_transform_backward_cpu(
-    const at::Tensor& grad_x, const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
-    const at::Tensor& noise) {
-  check_transform_inputs(loc, t, s, noise, &grad_x);
-  const at::Tensor g = unit_inner_stride(grad_x), l = unit_inner_stride(loc), z = unit_inner_stride(noise);
+// The pullback for grad_x (N, D): grad_loc (N, D) in loc's dtype (contiguous), grad_t, grad_s (N,) float64.
+template <typename MakeNoise>
+std::tuple<at::Tensor, at::Tensor, at::Tensor> transform_backward(const at::Tensor& grad_x,
+                                                                  const at::Tensor& loc, const at::Tensor& t,
+                                                                  const at::Tensor& s, MakeNoise make_noise) {
+  const at::Tensor g = unit_inner_stride(grad_x), l = unit_inner_stride(loc);
   at::Tensor grad_loc = GradientBufferPool::empty(l.sizes(), l.options());
   const auto double_options = l.options().dtype(at::kDouble);
   at::Tensor grad_t = at::empty({l.size(0)}, double_options);
   at::Tensor grad_s = at::empty({l.size(0)}, double_options);
   if (l.size(0) == 0) return {grad_loc, grad_t, grad_s};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "sphere_sample_transform_backward_cpu",
-                                  [&] {
-                                    transform_backward_rows<scalar_t>(g, l, z, StridedDoubles(t), StridedDoubles(s),
-                                                                      grad_loc, grad_t.data_ptr<double>(),
-                                                                      grad_s.data_ptr<double>());
-                                  });
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, l.scalar_type(), "sphere_sampling_backward_cpu", [&] {
+    transform_backward_rows<scalar_t>(g, l, make_noise(scalar_t{}), StridedDoubles(t), StridedDoubles(s), grad_loc,
+                                      grad_t.data_ptr<double>(), grad_s.data_ptr<double>());
+  });
   return {grad_loc, grad_t, grad_s};
+}
+
+// The noise of a tensor (N, D - 1), read with unit inner stride.
+auto noise_of(const at::Tensor& noise) {
+  return [z = unit_inner_stride(noise)](auto zero) { return tensor_noise<decltype(zero)>(z); };
+}
+
+// The noise drawn from Philox under seed = (key, offset).
+auto noise_of_seed(const at::Tensor& seed) {
+  return [&seed](auto zero) { return philox_noise<decltype(zero)>(seed); };
+}
+
+at::Tensor sphere_sample_transform_cpu(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
+                                       const at::Tensor& noise) {
+  check_transform_inputs(loc, t, s, noise, nullptr);
+  return transform_forward(loc, t, s, noise_of(noise));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sphere_sample_transform_backward_cpu(
+    const at::Tensor& grad_x, const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
+    const at::Tensor& noise) {
+  check_transform_inputs(loc, t, s, noise, &grad_x);
+  return transform_backward(grad_x, loc, t, s, noise_of(noise));
+}
+
+// The same with the noise drawn inside from seed (2,) int64 = (key, offset) (philox_normal.inc):
+// no (N, D - 1) tensor is read or kept; the backward draws the same noise again.
+at::Tensor sphere_sample_seeded_cpu(const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
+                                    const at::Tensor& seed) {
+  check_row_inputs(loc, t, s, nullptr);
+  check_seed(seed, loc.device(), loc.size(0));
+  return transform_forward(loc, t, s, noise_of_seed(seed));
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> sphere_sample_seeded_backward_cpu(
+    const at::Tensor& grad_x, const at::Tensor& loc, const at::Tensor& t, const at::Tensor& s,
+    const at::Tensor& seed) {
+  check_row_inputs(loc, t, s, &grad_x);
+  check_seed(seed, loc.device(), loc.size(0));
+  return transform_backward(grad_x, loc, t, s, noise_of_seed(seed));
+}
+
+// The noise those ops draw: (rows, cols) in `dtype` (a floating type), for the tests and the reference.
+at::Tensor sphere_sample_noise_cpu(const at::Tensor& seed, int64_t rows, int64_t cols, at::ScalarType dtype) {
+  check_seed(seed, seed.device(), rows);
+  VISSIAM_CHECK_ARG(seed.device().type() == at::kCPU, "seed must be a CPU tensor for the CPU kernel; got ",
+                    seed.device());
+  VISSIAM_CHECK_ARG(rows >= 0 && cols >= 0, "rows and cols must be >= 0; got ", rows, " and ", cols);
+  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dtype must be a floating point type; got ", dtype);
+  at::Tensor noise = at::empty({rows, cols}, seed.options().dtype(dtype));
+  if (rows == 0 || cols == 0) return noise;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "sphere_sample_noise_cpu", [&] {
+    const PhiloxNoise<scalar_t> source = philox_noise<scalar_t>(seed);
+    scalar_t* data = noise.data_ptr<scalar_t>();
+    at::parallel_for(0, rows, transform_grain(cols + 1), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) source.row(i, data + i * cols, cols);
+    });
+  });
+  return noise;
 }
 
 }  // namespace
@@ -311,4 +441,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> sphere_sample_transform_backward_
 TORCH_LIBRARY_IMPL(vissiam_kernels, CPU, m) {
   m.impl("sphere_sample_transform", &vissiam::sphere_sample_transform_cpu);
   m.impl("sphere_sample_transform_backward", &vissiam::sphere_sample_transform_backward_cpu);
+  m.impl("sphere_sample_seeded", &vissiam::sphere_sample_seeded_cpu);
+  m.impl("sphere_sample_seeded_backward", &vissiam::sphere_sample_seeded_backward_cpu);
+  m.impl("sphere_sample_noise", &vissiam::sphere_sample_noise_cpu);
 }
