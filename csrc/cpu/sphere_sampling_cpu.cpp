@@ -58,6 +58,7 @@
 #include <cmath>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #include "gradient_buffer_pool.h"
