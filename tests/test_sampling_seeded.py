@@ -8,7 +8,9 @@ The generator: Philox against the Random123 known answers (through the float64 r
 The sampler: equal bit for bit to ``sphere_transform`` of the noise it drew, forward and backward, in
 every dtype; gradcheck in float64; reproducible under ``torch.manual_seed`` and for 1 or 2 threads,
 different call after call; mu = +-e1, D = 2, D = 65536; torch.compile(fullgraph=True); opcheck; bad
-inputs; the portable (non-AVX2) path in a second process. Each test asserts the backend that ran.
+inputs; the portable (non-AVX2) path in a second process; the Triton kernel through the interpreter
+(tests/triton_seeded_cases.py; tests/test_sampling_transform.py compiles its launches for sm_80/sm_90 and
+checks that nothing spills). Each test asserts the backend that ran.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from sampling_transform_checks import angles, special_rows
 from scipy import stats
 
+import vissiam_kernels as vk
 from vissiam_kernels._sampling_ops import sphere_noise, sphere_sample, sphere_sample_seeded, sphere_transform
 from vissiam_kernels.sampling_reference import householder_transform, philox4x32_10, philox_normal
 
@@ -253,3 +256,40 @@ def test_portable_path():
     _run_pytest({"VISSIAM_CPU_STREAMS": "portable"}, Path(__file__),
                 "test_noise_matches or test_equals_the_transform or test_poles")
 
+
+
+def test_triton_kernel_through_the_interpreter():
+    """tests/triton_seeded_cases.py in a fresh process with TRITON_INTERPRET=1, VISSIAM_BACKEND=triton: the
+    seeded Triton kernel (noise drawn in the kernel, float64 Box-Muller) against the reference transform of
+    the float64 reference noise, forward and backward, D = 2 to 3000."""
+    pytest.importorskip("triton", reason="the Triton backend needs the triton package")
+    from test_sampling_transform import TESTS, _run_pytest
+
+    _run_pytest({"TRITON_INTERPRET": "1", "VISSIAM_BACKEND": "triton"}, TESTS / "triton_seeded_cases.py")
+
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compiled kernels)")
+@pytest.mark.parametrize("dim", [2, 129, 2049, 8193])
+def test_triton_on_cuda(use_backend, dim):
+    """auto on CUDA tensors runs the seeded Triton kernel: x within float32 rounding of the reference
+    transform of the CPU op's noise (the same Philox words), gradients to loc finite, manual_seed
+    reproduces a draw."""
+    use_backend("auto")
+    cuda = torch.device("cuda")
+    loc = special_rows(dim, torch.float32, directionless=False, near=1e-3).repeat(40, 1).to(cuda)
+    rows = loc.shape[0]
+    t, s = (x.to(cuda) for x in angles(rows))
+    leaf = loc.clone().requires_grad_()
+    x = sphere_sample_seeded(leaf, t, s, SEED.to(cuda))
+    assert vk.last_backend() == "triton", vk.last_backend()
+    noise = sphere_noise(SEED, rows, dim - 1, torch.float64).to(cuda)
+    expected = householder_transform(loc.double(), t, s, noise)
+    torch.testing.assert_close(x.double(), expected, rtol=1e-5, atol=2e-6)
+    (grad,) = torch.autograd.grad(x, leaf, torch.randn_like(x))
+    assert torch.isfinite(grad).all()
+    torch.manual_seed(3)
+    first = sphere_sample(loc, t, s)
+    torch.manual_seed(3)
+    assert torch.equal(sphere_sample(loc, t, s), first)

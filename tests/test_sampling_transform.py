@@ -317,16 +317,22 @@ def test_triton_launches_compile_for_sm80_and_sm90_without_spills(monkeypatch):
 
     monkeypatch.setattr(triton_ops, "wrap_triton", Recorder)
     monkeypatch.setattr(triton_ops, "_check_device", lambda tensor, name: None)
+    monkeypatch.setitem(compile_check.TRITON_TYPES, torch.int64, "i64")  # the seeded launches' seed pointer
+    seed = torch.tensor([1, 2])
     for rows, dim, dtype in ((256, 128, torch.float32), (64, 2048, torch.bfloat16), (8, 8193, torch.float32)):
         t = torch.rand(rows, dtype=torch.float64)
         loc, noise = torch.randn(rows, dim).to(dtype), torch.randn(rows, dim - 1).to(dtype)
+        grad_x = torch.randn(rows, dim).to(dtype)
         triton_sampling.sphere_transform_forward(loc, t, t, noise)
-        triton_sampling.sphere_transform_backward(torch.randn(rows, dim).to(dtype), loc, t, t, noise)
-    assert len(calls) == 6
+        triton_sampling.sphere_transform_backward(grad_x, loc, t, t, noise)
+        # the seeded kernel (tests/test_sampling_seeded.py): Philox and Box-Muller in the same registers
+        triton_sampling.seeded_forward(loc, t, t, seed)
+        triton_sampling.seeded_backward(grad_x, loc, t, t, seed)
+    assert len(calls) == 12 and sum(kwargs["SEEDED"] for _, _, kwargs in calls) == 6
     for fn, args, kwargs in calls:
         for target in compile_check.TARGETS:
             registers, spilled = compile_check._compile(fn, args, kwargs, target)
-            where = f"{fn.__name__} D={args[-1]} sm_{target.arch}"
+            where = f"{fn.__name__} D={args[-1]} SEEDED={kwargs['SEEDED']} sm_{target.arch}"
             assert spilled == 0, f"{where}: {registers} registers, {spilled} bytes spilled"
 
 

@@ -14,8 +14,9 @@ drawn inside the C++ kernel from Philox4x32-10 under a seed (key, offset) that o
 generator draws: bit for bit reproducible under ``torch.manual_seed``, independent of the thread
 count, and no (N, D-1) noise tensor in memory (``sphere_noise`` returns it, for tests and the
 reference). Its backward draws the noise again. Backends: ``cpu`` (the op
-``vissiam_kernels::sphere_sample_seeded``) and ``reference``; on ``triton`` / ``cuda`` (no seeded
-Triton kernel yet) the noise is drawn by the CPU op and moved, then the Triton transform runs.
+``vissiam_kernels::sphere_sample_seeded``), ``triton`` (``vissiam_triton::sphere_sample_seeded``: the same
+Philox words, Box-Muller in float64, so within float32 rounding of the CPU noise, not bit for bit) and
+``reference`` (``sampling_reference.philox_normal``, then the reference transform).
 
 Both compiled ops share one backward op (same schema in both namespaces), whose equations are
 derived at the top of csrc/cpu/sphere_sampling_cpu.cpp; it returns gradients for loc, t and s, none
@@ -71,19 +72,13 @@ def sphere_sample(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
 
 def sphere_sample_seeded(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
     """``sphere_transform(loc, t, s, sphere_noise(seed, N, D - 1, loc.dtype))`` in one pass: seed (2,) int64
-    (key, offset) on loc's device. Backends: cpu (the C++ op ``vissiam_kernels::sphere_sample_seeded``),
-    reference (the noise from ``sphere_noise``, then the reference transform); triton and cuda have no
-    seeded kernel yet and run the noise op plus the Triton transform."""
+    (key, offset) on loc's device, through the backend's seeded op (see the module docstring)."""
     backend = _transform_backend(loc.device)
-    if backend == "cpu":
+    if backend != "reference":
         check_devices(loc, t, s, seed, names=("t", "s", "seed", "grad_x"))
-        return _seeded_op()(loc, t, s, seed)
-    check_seeded_inputs(loc, t, s, seed)
-    noise = sphere_noise(seed, loc.shape[0], loc.shape[1] - 1, loc.dtype)
-    if backend == "reference":  # pure PyTorch: the float64 noise rounded to loc's dtype
-        return householder_transform(loc, t, s, noise)
-    backend = _transform_backend(loc.device)  # what runs the transform, for last_backend()
-    return _forward_op(backend)(loc, t, s, noise)
+        return getattr(torch.ops, _NAMESPACES[backend]).sphere_sample_seeded.default(loc, t, s, seed)
+    check_seeded_inputs(loc, t, s, seed)  # pure PyTorch: the float64 noise rounded to loc's dtype
+    return householder_transform(loc, t, s, sphere_noise(seed, loc.shape[0], loc.shape[1] - 1, loc.dtype))
 
 
 def sphere_noise(seed: torch.Tensor, rows: int, cols: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -150,10 +145,6 @@ def _resolve_compiled(backend: str) -> str:
             )
         return "reference"
     return "triton"
-
-
-def _seeded_op():
-    return torch.ops.vissiam_kernels.sphere_sample_seeded.default
 
 
 def _forward_op(backend: str):
@@ -271,9 +262,9 @@ def register_transform_autograd(namespace: str) -> None:
         functools.partial(_backward, backward_op),
         setup_context=_setup_context,
     )
-    if namespace == "vissiam_kernels":  # the seeded op: the same backward with the seed for the noise
-        torch.library.register_autograd(
-            f"{namespace}::sphere_sample_seeded",
-            functools.partial(_backward, torch.ops.vissiam_kernels.sphere_sample_seeded_backward.default),
-            setup_context=_setup_context,
-        )
+    # the seeded op: the same backward with the seed for the noise
+    torch.library.register_autograd(
+        f"{namespace}::sphere_sample_seeded",
+        functools.partial(_backward, getattr(torch.ops, namespace).sphere_sample_seeded_backward.default),
+        setup_context=_setup_context,
+    )

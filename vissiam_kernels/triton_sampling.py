@@ -62,12 +62,49 @@ if _IMPORT_ERROR is None:
         return norm, r, mu1, q, noise_norm, a, u1, rho
 
     @triton.jit
-    def _load_tail(loc_row, noise_row, g_row, row_ok, c, tail, BACKWARD: tl.constexpr):
+    def _philox_normal(key, offset_lo, offset_hi, row, c):
+        """Noise elements (row, c) of the seeded sampler as float64 (BLOCK_R, len(c)): the formulas of
+        csrc/cpu/philox_normal.inc (Philox4x32-10 at counter (c // 4, row, offset_lo, offset_hi) under the
+        64-bit key; float32 Box-Muller with the quadrant reduction and the Cephes sin/cos polynomials; log
+        is tl.log), so the two backends agree to float32 rounding (not bit for bit). Polynomials, not
+        tl.sin/tl.cos: libdevice's argument reduction keeps a local array (stack) the kernel need not have."""
+        c0 = (c // 4).to(tl.uint32)[None, :] + (row * 0).to(tl.uint32)[:, None]
+        zero = c0 * 0
+        c1 = zero + row.to(tl.uint32)[:, None]
+        x0, x1, x2, x3 = tl.random.philox(key, c0, c1, zero + offset_lo, zero + offset_hi)
+        word = (c % 4)[None, :] + (row * 0)[:, None]
+        first_pair = word < 2
+        x_radius = tl.where(first_pair, x0, x2)
+        x_angle = tl.where(first_pair, x1, x3)
+        u = (x_radius >> 1).to(tl.float32) * 4.656612873077393e-10 + 2.3283064365386963e-10  # (x >> 1) 2^-31 + 2^-32
+        radius = tl.sqrt(-2.0 * tl.log(u))
+        # 2 pi x 2^-32 = quadrant pi/2 + phi, phi in [-pi/4, pi/4)
+        shifted = x_angle + 0x20000000
+        quadrant = (shifted >> 30).to(tl.int32)
+        rest = (shifted & 0x3FFFFFFF).to(tl.int32) - 0x20000000
+        phi = rest.to(tl.float32) * 1.4629180792671596e-09  # (pi/2) 2^-30
+        z = phi * phi
+        sin_phi = ((-1.9515295891e-4 * z + 8.3321608736e-3) * z - 1.6666654611e-1) * z * phi + phi
+        cos_phi = ((2.443315711809948e-5 * z - 1.388731625493765e-3) * z + 4.166664568298827e-2) * z * z - 0.5 * z + 1.0
+        swap = (quadrant & 1) != 0  # quadrant 0: (c, s); 1: (-s, c); 2: (-c, -s); 3: (s, -c)
+        cos_abs = tl.where(swap, sin_phi, cos_phi)
+        sin_abs = tl.where(swap, cos_phi, sin_phi)
+        cos = tl.where(((quadrant + 1) & 2) != 0, -cos_abs, cos_abs)
+        sin = tl.where((quadrant & 2) != 0, -sin_abs, sin_abs)
+        return tl.where(word % 2 == 0, radius * cos, radius * sin).to(tl.float64)
+
+    @triton.jit
+    def _load_tail(loc_row, noise_row, g_row, row_ok, c, tail, BACKWARD: tl.constexpr, row, key, offset_lo,
+                   offset_hi, SEEDED: tl.constexpr):
         """Columns c of the tails l[1:] and z, and of grad_x[1:] in the backward (else l[1:] stands in for
-        it, unread), as float64 (BLOCK_R, len(c)) blocks, with their mask."""
+        it, unread), as float64 (BLOCK_R, len(c)) blocks, with their mask. SEEDED: z drawn from Philox
+        (_philox_normal), the noise pointer unread."""
         mask = row_ok[:, None] & (c < tail)[None, :]
         lt = _load_f64(loc_row[:, None] + 1 + c[None, :], mask)
-        z = _load_f64(noise_row[:, None] + c[None, :], mask)
+        if SEEDED:
+            z = tl.where(mask, _philox_normal(key, offset_lo, offset_hi, row, c), 0.0)
+        else:
+            z = _load_f64(noise_row[:, None] + c[None, :], mask)
         g = lt
         if BACKWARD:
             g = _load_f64(g_row[:, None] + 1 + c[None, :], mask)
@@ -83,10 +120,11 @@ if _IMPORT_ERROR is None:
 
     @triton.jit
     def sphere_transform_kernel(
-        grad_x, loc, t_ptr, s_ptr, noise, out, grad_t, grad_s,
+        grad_x, loc, t_ptr, s_ptr, noise, out, grad_t, grad_s, seed,
         grad_x_stride, loc_stride, noise_stride, t_stride, s_stride,
         rows, D,
         BACKWARD: tl.constexpr,
+        SEEDED: tl.constexpr,
         BLOCK_R: tl.constexpr,
         BLOCK_D: tl.constexpr,
         ONE_BLOCK: tl.constexpr,
@@ -105,8 +143,17 @@ if _IMPORT_ERROR is None:
         out_row = out + row * D
         tail = D - 1  # column j of the tail: loc[:, 1 + j], noise[:, j], out[:, 1 + j]
         cols = tl.arange(0, BLOCK_D)
+        key = 0
+        offset_lo = 0
+        offset_hi = 0
+        if SEEDED:  # seed: (key, offset) int64; the offset's two 32-bit words are counter words
+            key = tl.load(seed)
+            offset = tl.load(seed + 1)
+            offset_lo = (offset & 0xFFFFFFFF).to(tl.uint32)
+            offset_hi = ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32)
         if ONE_BLOCK:  # BLOCK_D >= D - 1: the row stays in registers until out is written
-            lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, cols, tail, BACKWARD)
+            lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, cols, tail, BACKWARD, row, key, offset_lo, offset_hi,
+                                          SEEDED)
             loc_loc = tl.sum(lt * lt, axis=1)
             noise_noise = tl.sum(z * z, axis=1)
             loc_noise = tl.sum(lt * z, axis=1)
@@ -120,7 +167,8 @@ if _IMPORT_ERROR is None:
             acc_gl = tl.zeros([BLOCK_R, BLOCK_D], tl.float64)
             acc_gz = tl.zeros([BLOCK_R, BLOCK_D], tl.float64)
             for start in range(0, tail, BLOCK_D):
-                lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, start + cols, tail, BACKWARD)
+                lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, start + cols, tail, BACKWARD, row, key,
+                                              offset_lo, offset_hi, SEEDED)
                 acc_ll += lt * lt
                 acc_zz += z * z
                 acc_lz += lt * z
@@ -172,7 +220,8 @@ if _IMPORT_ERROR is None:
         else:
             for start in range(0, tail, BLOCK_D):
                 c = start + cols
-                lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, c, tail, BACKWARD)
+                lt, z, g, mask = _load_tail(loc_row, noise_row, g_row, row_ok, c, tail, BACKWARD, row, key, offset_lo,
+                                              offset_hi, SEEDED)
                 value = _combination(lt, z, g, coef_loc, coef_noise, coef_grad, BACKWARD)
                 tl.store(out_row[:, None] + 1 + c[None, :], _store_type(value, out_type), mask=mask)
 
@@ -197,46 +246,72 @@ def launch_config(dim: int) -> tuple[int, int, int]:
     return 1, 2048, 8
 
 
-def _launch(backward: bool, rows: int, dim: int, *args) -> None:
+def _launch(backward: bool, seeded: bool, rows: int, dim: int, *args) -> None:
     block_r, block_d, num_warps = launch_config(dim)
     kernel = sphere_transform_kernel
     wrapped = triton_ops.wrap_triton(kernel) if triton_ops.wrap_triton is not None else kernel
     wrapped[(triton.cdiv(rows, block_r),)](
-        *args, rows, dim, BACKWARD=backward, BLOCK_R=block_r, BLOCK_D=block_d, ONE_BLOCK=block_d >= dim - 1,
-        num_warps=num_warps,
+        *args, rows, dim, BACKWARD=backward, SEEDED=seeded, BLOCK_R=block_r, BLOCK_D=block_d,
+        ONE_BLOCK=block_d >= dim - 1, num_warps=num_warps,
     )
 
 
-def sphere_transform_forward(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """loc (N, D); t, s (N,) float64; noise (N, D-1) in loc's dtype -> x (N, D) in loc's dtype."""
-    _sampling_ops.check_transform_inputs(loc, t, s, noise)
+def _forward(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor | None,
+             seed: torch.Tensor | None) -> torch.Tensor:
+    """x (N, D) from the noise tensor, or (noise None) from the noise drawn under seed."""
     triton_ops._check_device(loc, "loc")
-    loc, noise = triton_ops._unit_inner_stride(loc), triton_ops._unit_inner_stride(noise)
+    loc = triton_ops._unit_inner_stride(loc)
+    noise = loc if noise is None else triton_ops._unit_inner_stride(noise)  # seeded: unread
     rows, dim = loc.shape
     x = torch.empty((rows, dim), dtype=loc.dtype, device=loc.device)
     if rows > 0:
         # the forward neither reads grad_x nor writes grad_t, grad_s: loc and x stand in for them (x, the
         # output, so that an analysis of which arguments the kernel writes never names an input)
-        _launch(False, rows, dim, loc, loc, t, s, noise, x, x, x,
+        _launch(False, seed is not None, rows, dim, loc, loc, t, s, noise, x, x, x, loc if seed is None else seed,
                 0, loc.stride(0), noise.stride(0), t.stride(0), s.stride(0))
     return x
+
+
+def _backward(grad_x: torch.Tensor, loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor | None,
+              seed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    triton_ops._check_device(loc, "loc")
+    grad_x = triton_ops._unit_inner_stride(grad_x)
+    loc = triton_ops._unit_inner_stride(loc)
+    noise = loc if noise is None else triton_ops._unit_inner_stride(noise)
+    rows, dim = loc.shape
+    grad_loc = torch.empty((rows, dim), dtype=loc.dtype, device=loc.device)
+    grad_t = torch.empty((rows,), dtype=torch.float64, device=loc.device)
+    grad_s = torch.empty((rows,), dtype=torch.float64, device=loc.device)
+    if rows > 0:
+        _launch(True, seed is not None, rows, dim, grad_x, loc, t, s, noise, grad_loc, grad_t, grad_s,
+                loc if seed is None else seed,
+                grad_x.stride(0), loc.stride(0), noise.stride(0), t.stride(0), s.stride(0))
+    return grad_loc, grad_t, grad_s
+
+
+def sphere_transform_forward(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """loc (N, D); t, s (N,) float64; noise (N, D-1) in loc's dtype -> x (N, D) in loc's dtype."""
+    _sampling_ops.check_transform_inputs(loc, t, s, noise)
+    return _forward(loc, t, s, noise, None)
 
 
 def sphere_transform_backward(grad_x: torch.Tensor, loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
                               noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """grad_x (N, D) -> grad_loc (N, D) in loc's dtype, grad_t, grad_s (N,) float64."""
     _sampling_ops.check_transform_inputs(loc, t, s, noise, grad_x)
-    triton_ops._check_device(loc, "loc")
-    grad_x = triton_ops._unit_inner_stride(grad_x)
-    loc, noise = triton_ops._unit_inner_stride(loc), triton_ops._unit_inner_stride(noise)
-    rows, dim = loc.shape
-    grad_loc = torch.empty((rows, dim), dtype=loc.dtype, device=loc.device)
-    grad_t = torch.empty((rows,), dtype=torch.float64, device=loc.device)
-    grad_s = torch.empty((rows,), dtype=torch.float64, device=loc.device)
-    if rows > 0:
-        _launch(True, rows, dim, grad_x, loc, t, s, noise, grad_loc, grad_t, grad_s,
-                grad_x.stride(0), loc.stride(0), noise.stride(0), t.stride(0), s.stride(0))
-    return grad_loc, grad_t, grad_s
+    return _backward(grad_x, loc, t, s, noise, None)
+
+
+def seeded_forward(loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
+    """The same with the noise drawn in the kernel under seed (2,) int64 (key, offset) on loc's device."""
+    _sampling_ops.check_seeded_inputs(loc, t, s, seed)
+    return _forward(loc, t, s, None, seed)
+
+
+def seeded_backward(grad_x: torch.Tensor, loc: torch.Tensor, t: torch.Tensor, s: torch.Tensor,
+                                  seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    _sampling_ops.check_seeded_inputs(loc, t, s, seed, grad_x)
+    return _backward(grad_x, loc, t, s, None, seed)
 
 
 # ================================================================ op registration
@@ -252,11 +327,24 @@ def _sphere_sample_transform_backward(grad_x: Tensor, loc: Tensor, t: Tensor, s:
     return sphere_transform_backward(grad_x, loc, t, s, noise)
 
 
+def _sphere_sample_seeded(loc: Tensor, t: Tensor, s: Tensor, seed: Tensor) -> Tensor:
+    return seeded_forward(loc, t, s, seed)
+
+
+def _sphere_sample_seeded_backward(grad_x: Tensor, loc: Tensor, t: Tensor, s: Tensor,
+                                   seed: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    return seeded_backward(grad_x, loc, t, s, seed)
+
+
 if _IMPORT_ERROR is None:
     sphere_sample_transform = triton_ops._define(
         "sphere_sample_transform", _sampling_ops.FORWARD_SCHEMA, _sphere_sample_transform)
     sphere_sample_transform_backward = triton_ops._define(
         "sphere_sample_transform_backward", _sampling_ops.BACKWARD_SCHEMA, _sphere_sample_transform_backward)
+    sphere_sample_seeded = triton_ops._define(
+        "sphere_sample_seeded", _sampling_ops.SEEDED_SCHEMA, _sphere_sample_seeded)
+    sphere_sample_seeded_backward = triton_ops._define(
+        "sphere_sample_seeded_backward", _sampling_ops.SEEDED_BACKWARD_SCHEMA, _sphere_sample_seeded_backward)
 
 
 def load() -> None:
