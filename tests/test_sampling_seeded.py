@@ -190,8 +190,8 @@ def test_reference_backend(use_backend):
 
 def test_torch_compile_fullgraph(cpu_backend):
     """torch.compile(fullgraph=True) through the seeded op (fake kernel, autograd): value and gradients equal
-    eager's to rounding; and sphere_sample itself (torch's generator draws the seed inside the graph) compiles and
-    samples the sphere."""
+    eager's to rounding; and sphere_sample itself (torch's generator draws the seed inside the graph): the
+    compiled draws are the eager draws bit for bit under one torch.manual_seed, two calls two draws."""
     torch.compiler.reset()
 
     def loss(loc, t, s, seed):
@@ -208,9 +208,18 @@ def test_torch_compile_fullgraph(cpu_backend):
     torch.testing.assert_close(value, expected, rtol=1e-13, atol=0)  # the compiled sum adds in its own order
     for grad, expected_grad in zip(grads, torch.autograd.grad(expected, leaves)):
         torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-14)
-    sampler = torch.compile(sphere_sample, fullgraph=True, dynamic=False)
-    x = sampler(loc.detach(), t.detach(), s.detach())
-    assert ((x.norm(dim=-1) - 1).abs() < 1e-14).all()
+
+    def two_draws(loc, t, s):
+        return sphere_sample(loc, t, s), sphere_sample(loc, t, s)
+
+    sampler = torch.compile(two_draws, fullgraph=True, dynamic=False)
+    inputs = (loc.detach(), t.detach(), s.detach())
+    torch.manual_seed(5)
+    compiled_draws = sampler(*inputs)
+    torch.manual_seed(5)
+    eager_draws = two_draws(*inputs)
+    assert all(torch.equal(a, b) for a, b in zip(compiled_draws, eager_draws))  # the same seeds, eager or compiled
+    assert not torch.equal(*compiled_draws)  # two calls in one graph: two draws
 
 
 def test_opcheck(cpu_backend):
