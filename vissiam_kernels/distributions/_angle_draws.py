@@ -1,5 +1,5 @@
 """Random draws of the angle theta in [0, pi] between a sample and the mean direction, and of the
-tangent noise, as one opaque op: ``torch.ops.vissiam_distributions.draw_angles``.
+seed of the tangent noise, as one opaque op: ``torch.ops.vissiam_distributions.draw_angles``.
 
 Everything random happens inside this op, from torch's default generator of the tensors' device,
 so ``torch.manual_seed`` reproduces a draw bit for bit, eagerly and under ``torch.compile`` alike
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import torch
 
+from .._sampling_ops import SEED_HIGH, SEED_LOW
 from . import _angle_law
 
 WOOD_ROUNDS = 64
@@ -129,28 +130,27 @@ def vmf_angles(kappa: torch.Tensor, dim: int, rounds: int = WOOD_ROUNDS) -> torc
 
 
 @torch.library.custom_op("vissiam_distributions::draw_angles", mutates_args=())
-def draw_angles(
-    kappa: torch.Tensor, dim: int, family: str, noise_dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def draw_angles(kappa: torch.Tensor, dim: int, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The angles theta (N,) float64 of ``family`` at concentrations kappa (N,) float64, the Gamma
-    draws X (N,) float64 behind power spherical angles (zeros for vMF), then the tangent noise
-    (N, dim - 1) standard normal in ``noise_dtype``; all from the default generator."""
+    draws X (N,) float64 behind power spherical angles (zeros for vMF), then the seed (2,) int64 of the
+    tangent noise, which the transform kernel draws itself (``_sampling_ops.sphere_sample_seeded``:
+    torch.randn of (N, dim - 1) on the CPU cost 10x the memory floor); all from the default generator."""
     if family == "power_spherical":
         theta, gamma = power_spherical_angles(kappa, dim)
     elif family == "vmf":
         theta, gamma = vmf_angles(kappa, dim), torch.zeros_like(kappa)
     else:
         raise ValueError(f"family must be 'power_spherical' or 'vmf'; got {family!r}")
-    noise = torch.randn((kappa.shape[0], dim - 1), dtype=noise_dtype, device=kappa.device)
-    return theta, gamma, noise
+    seed = torch.randint(SEED_LOW, SEED_HIGH, (2,), dtype=torch.int64, device=kappa.device)
+    return theta, gamma, seed
 
 
 @draw_angles.register_fake
-def _draw_angles_fake(kappa, dim, family, noise_dtype):
+def _draw_angles_fake(kappa, dim, family):
     return (
         kappa.new_empty(kappa.shape, dtype=torch.float64),
         kappa.new_empty(kappa.shape, dtype=torch.float64),
-        kappa.new_empty((kappa.shape[0], dim - 1), dtype=noise_dtype),
+        kappa.new_empty((2,), dtype=torch.int64),
     )
 
 

@@ -4,7 +4,8 @@ shapes, ``expand``, and the reparameterized sampler
     theta ~ law of the angle to the mean (``_angle_draws``),   t = cos theta,  s = sin theta,
     x = H [t, s v],  v = noise / |noise| uniform on S^{D-2},  H the Householder map e1 -> loc
 
-(``vissiam_kernels._sampling_ops.sphere_transform``). Gradients reach loc through the transform and
+(``vissiam_kernels._sampling_ops.sphere_sample_seeded``: the noise drawn inside the kernel from a seed
+that ``_angle_draws`` takes from torch's generator). Gradients reach loc through the transform and
 the concentration through ``_AngleCosSin``: d theta / d kappa of the implicit reparameterization
 (``_angle_law.angle_kappa_derivative``), exact and unbiased (never a gradient through Wood's accept
 step). The per-row scalar work is float64 whatever the dtype of loc.
@@ -128,9 +129,9 @@ class SphericalDistribution(Distribution):
         rows = math.prod(shape[:-1])
         loc = self._raw_loc.expand(shape).reshape(rows, dim)
         kappa = self._concentration.to(torch.float64).expand(shape[:-1]).reshape(rows)
-        theta, gamma, noise = _angle_draws.draw_angles(kappa.detach(), dim, self.family, loc.dtype)
+        theta, gamma, seed = _angle_draws.draw_angles(kappa.detach(), dim, self.family)
         t, s = _AngleCosSin.apply(theta, gamma, kappa, dim, self.family)
-        return _sampling_ops.sphere_transform(loc, t, s, noise).reshape(shape)
+        return _sampling_ops.sphere_sample_seeded(loc, t, s, seed).reshape(shape)
 
     # ------------------------------------------------------------------ likelihood
     def _broadcast_for_value(self, value: torch.Tensor):
