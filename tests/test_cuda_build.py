@@ -24,9 +24,14 @@ SOURCES = _extension.source_dir()
 # Every op of the schema file needs a CUDA kernel, except the loss ops that csrc/loss_autograd.cpp
 # serves on every device (spherical_loss; spherical_loss_forward, fused on the CPU key, composed of
 # the per-row ops elsewhere: its CompositeExplicitAutograd kernel).
+# The sampling ops have a C++ kernel on the CPU only (csrc/cpu/sphere_sampling_cpu.cpp): on GPUs the Triton
+# kernels of vissiam_kernels/triton_sampling.py serve them (namespace vissiam_triton), as issue 13 specifies.
 COMPOSED_OPS = ("spherical_loss", "spherical_loss_forward")
 FUSED_CPU_OPS = ("spherical_loss_forward",)
-OPS = tuple(op for op in re.findall(r'm\.def\("(\w+)\(', (SOURCES / "ops.cpp").read_text()) if op not in COMPOSED_OPS)
+IMPL = r'm\.impl\("(\w+)"'
+DECLARED_OPS = tuple(re.findall(r'm\.def\("(\w+)\(', (SOURCES / "ops.cpp").read_text()))
+SAMPLING_OPS = tuple(re.findall(IMPL, (SOURCES / "cpu" / "sphere_sampling_cpu.cpp").read_text()))
+OPS = tuple(op for op in DECLARED_OPS if op not in COMPOSED_OPS + SAMPLING_OPS)
 
 
 def _nvcc_absent_reason() -> str | None:
@@ -65,10 +70,12 @@ def test_cuda_source_serves_every_op_and_special_function_of_the_cpu_source():
     cpu = (SOURCES / "cpu" / "spherical_ops_cpu.cpp").read_text()
     cuda = "\n".join(path.read_text() for path in sorted((SOURCES / "cuda").glob("*.cu")))
     assert {"spherical_nll", "scaled_row_combination", "normalizer_quantity"} <= set(OPS)
-    impl = r'm\.impl\("(\w+)"'
-    assert set(re.findall(impl, cuda)) == set(OPS) == set(re.findall(impl, cpu)) - set(FUSED_CPU_OPS)
+    assert set(re.findall(IMPL, cuda)) == set(OPS) == set(re.findall(IMPL, cpu)) - set(FUSED_CPU_OPS)
     composite = (SOURCES / "loss_autograd.cpp").read_text()
-    assert set(COMPOSED_OPS) <= set(re.findall(impl, composite))
+    assert set(COMPOSED_OPS) <= set(re.findall(IMPL, composite))
+    # every declared op is served: the sampling ops by their CPU source (and Triton on GPUs), no other op there
+    assert {"sphere_sample_transform", "sphere_sample_seeded"} <= set(SAMPLING_OPS) <= set(DECLARED_OPS)
+    assert set(DECLARED_OPS) == set(OPS) | set(COMPOSED_OPS) | set(SAMPLING_OPS)
     # special-function names come from one table that both sources include
     for source in (cpu, cuda):
         assert '#include "vissiam/special_function_table.h"' in source
