@@ -17,7 +17,7 @@ The committed table (bench/results/kappa_ablation.md; the preset's 100 epochs di
 2-core machine's time, so 60):
 
     python scripts/kappa_ablation.py --runs-dir /tmp/kappa_ablation \
-        --variants default backbone_input vmf kl_1 scaled_exp head_lr_x10 -- --epochs 60 --warmup-epochs 6
+        --variants default backbone_input vmf kl_1 scaled_exp head_lr_x10 head_128 -- --epochs 60 --warmup-epochs 6
 
 Runs go to --runs-dir/<variant>-seed<seed> (a finished run, one with eval.json, is not trained
 again); the table to bench/results/kappa_ablation.md and .json.
