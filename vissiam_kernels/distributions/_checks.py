@@ -59,8 +59,12 @@ def check_loc(loc, validate: bool) -> torch.Tensor:
         # The Euclidean norm is one vectorized pass (isfinite/!= 0 passes cost 20-30x more on a CPU):
         # it is finite and positive for every valid row. Only rows where it is not (a non-finite or zero
         # row, or a finite one whose squares overflow or underflow) get the exact check, max |loc_i|.
-        norm = torch.linalg.vector_norm(loc, dim=-1)
-        rows = loc[~(torch.isfinite(norm) & (norm > 0))] if loc.device.type == "cpu" else loc
+        # Off the CPU (and under compile) the exact check runs on every row: selecting rows would wait for
+        # the device (or give the graph a data-dependent shape).
+        rows = loc
+        if loc.device.type == "cpu" and not torch.compiler.is_compiling():
+            norm = torch.linalg.vector_norm(loc, dim=-1)
+            rows = loc[~(torch.isfinite(norm) & (norm > 0))]
         largest = torch.linalg.vector_norm(rows, ord=math.inf, dim=-1)
         _require(torch.isfinite(largest), "loc must be finite")
         _require(largest > 0, "loc must be a non-zero vector in every row (it is normalized inside)")
