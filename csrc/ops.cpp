@@ -67,4 +67,10 @@ TORCH_LIBRARY(vissiam_kernels, m) {
         " -> (Tensor grad_loc, Tensor grad_t, Tensor grad_s)");
   // The noise those ops draw: (rows, cols) in dtype, on seed's device.
   m.def("sphere_sample_noise(Tensor seed, int rows, int cols, ScalarType dtype) -> Tensor");
+  // d theta / d kappa of sampled angles at fixed CDF (the implicit reparameterization gradient of
+  // the spherical distributions; csrc/include/vissiam/angle_law.h): theta, kappa (N,) float64,
+  // family 1 (vMF) or 2 (power spherical), dim = D; out (N,) float64, <= 0. vectorized: SIMD lanes
+  // where the CPU has them (false: one node at a time; the same values to rounding). CPU only (GPUs
+  // run the reference, vissiam_kernels/distributions/_angle_law.py).
+  m.def("angle_kappa_derivative(Tensor theta, Tensor kappa, int dim, int family, bool vectorized=True) -> Tensor");
 }

@@ -26,11 +26,14 @@ SOURCES = _extension.source_dir()
 # the per-row ops elsewhere: its CompositeExplicitAutograd kernel).
 # The sampling ops have a C++ kernel on the CPU only (csrc/cpu/sphere_sampling_cpu.cpp): on GPUs the Triton
 # kernels of vissiam_kernels/triton_sampling.py serve them (namespace vissiam_triton), as issue 13 specifies.
+# The angle-derivative op (csrc/cpu/angle_law_cpu.cpp) is CPU-only too: on GPUs the reference's quadrature
+# (vissiam_kernels/distributions/_angle_law.py) runs as PyTorch ops.
 COMPOSED_OPS = ("spherical_loss", "spherical_loss_forward")
 FUSED_CPU_OPS = ("spherical_loss_forward",)
 IMPL = r'm\.impl\("(\w+)"'
 DECLARED_OPS = tuple(re.findall(r'm\.def\("(\w+)\(', (SOURCES / "ops.cpp").read_text()))
-SAMPLING_OPS = tuple(re.findall(IMPL, (SOURCES / "cpu" / "sphere_sampling_cpu.cpp").read_text()))
+SAMPLING_OPS = tuple(op for source in ("sphere_sampling_cpu.cpp", "angle_law_cpu.cpp")
+                     for op in re.findall(IMPL, (SOURCES / "cpu" / source).read_text()))
 OPS = tuple(op for op in DECLARED_OPS if op not in COMPOSED_OPS + SAMPLING_OPS)
 
 
@@ -74,7 +77,7 @@ def test_cuda_source_serves_every_op_and_special_function_of_the_cpu_source():
     composite = (SOURCES / "loss_autograd.cpp").read_text()
     assert set(COMPOSED_OPS) <= set(re.findall(IMPL, composite))
     # every declared op is served: the sampling ops by their CPU source (and Triton on GPUs), no other op there
-    assert {"sphere_sample_transform", "sphere_sample_seeded"} <= set(SAMPLING_OPS) <= set(DECLARED_OPS)
+    assert {"sphere_sample_transform", "sphere_sample_seeded", "angle_kappa_derivative"} <= set(SAMPLING_OPS) <= set(DECLARED_OPS)
     assert set(DECLARED_OPS) == set(OPS) | set(COMPOSED_OPS) | set(SAMPLING_OPS)
     # special-function names come from one table that both sources include
     for source in (cpu, cuda):

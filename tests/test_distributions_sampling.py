@@ -50,7 +50,7 @@ def _theta_cdf(theta: np.ndarray, kappa: float, dim: int, family: str) -> np.nda
 def _draw_theta(family: str, kappa: float, dim: int, n: int = N) -> np.ndarray:
     k = torch.full((n,), kappa, dtype=torch.float64)
     if family == "power_spherical":
-        return _angle_draws.power_spherical_angles(k, dim)[0].numpy()
+        return _angle_draws.power_spherical_angles(k, dim).numpy()
     return _angle_draws.vmf_angles(k, dim).numpy()
 
 

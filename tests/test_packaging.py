@@ -19,7 +19,8 @@ def test_wheel_ships_the_kernel_sources_and_the_installed_package_finds_them(tmp
     (wheel,) = tmp_path.glob("vissiam_kernels-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for source in ("ops.cpp", "cpu/spherical_ops_cpu.cpp", "cpu/row_streams.h", "cpu/row_streams_body.inc",
-                   "cpu/sphere_sampling_cpu.cpp", "cpu/sphere_sampling_rows.inc",
+                   "cpu/sphere_sampling_cpu.cpp", "cpu/sphere_sampling_rows.inc", "cpu/angle_law_cpu.cpp",
+                   "include/vissiam/angle_law.h",
                    "include/vissiam/special_functions.h",
                    "include/vissiam/spherical_math.h"):
         assert f"vissiam_kernels/_csrc/{source}" in names, source

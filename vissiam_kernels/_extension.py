@@ -80,7 +80,7 @@ def load_cpu_library() -> None:
     cpp_extension.load(
         name=name,
         sources=[str(src / "ops.cpp"), str(src / "loss_autograd.cpp"), str(src / "cpu" / "spherical_ops_cpu.cpp"),
-                 str(src / "cpu" / "sphere_sampling_cpu.cpp")],
+                 str(src / "cpu" / "sphere_sampling_cpu.cpp"), str(src / "cpu" / "angle_law_cpu.cpp")],
         extra_include_paths=[str(src / "include")],
         # -fopenmp: at::parallel_for is inline OpenMP in the ATen headers; without it rows run serially
         extra_cflags=cflags,

@@ -108,6 +108,10 @@ def _quantity_backward(ops, ctx, grad):
 
 
 @functools.cache
+def _angle_derivative_fake(theta, kappa, dim, family, vectorized=True):
+    return torch.empty_like(theta)
+
+
 def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
     """Output shapes of the compiled ops for torch.compile; once, after the library loads."""
     torch.library.register_fake(f"{namespace}::spherical_nll")(_nll_fake)
@@ -115,6 +119,8 @@ def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
     torch.library.register_fake(f"{namespace}::normalizer_quantity")(_quantity_fake)
     torch.library.register_fake(f"{namespace}::spherical_loss")(_loss_fake)
     torch.library.register_fake(f"{namespace}::spherical_loss_forward")(_loss_forward_fake)
+    if namespace == "vissiam_kernels":  # CPU only (csrc/cpu/angle_law_cpu.cpp)
+        torch.library.register_fake(f"{namespace}::angle_kappa_derivative")(_angle_derivative_fake)
 
 
 @functools.cache

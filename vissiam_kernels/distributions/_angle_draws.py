@@ -54,13 +54,14 @@ WOOD_MIN_ACCEPTANCE = 0.5
 (measured >= 0.65; asserted in tests/test_distributions_sampling.py)."""
 
 
-def power_spherical_angles(kappa: torch.Tensor, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """theta (N,) float64 of PS(kappa, d) and the Gamma(a) draw X it came from (its kappa gradient
-    goes through X: d theta/d kappa = -sin(theta) (dX/da) / (2 X)); kappa (N,) float64."""
+def power_spherical_angles(kappa: torch.Tensor, dim: int) -> torch.Tensor:
+    """theta (N,) float64 of PS(kappa, d); kappa (N,) float64. (Its kappa gradient is the implicit one
+    of the angle's law, ``_angle_law``, not torch's Gamma reparameterization gradient of X: see
+    ``_spherical._AngleCosSin``.)"""
     half = 0.5 * (dim - 1)
     x = torch._standard_gamma(kappa + half)
     y = torch._standard_gamma(torch.full_like(kappa, half))
-    return 2 * torch.atan2(y.sqrt(), x.sqrt()), x
+    return 2 * torch.atan2(y.sqrt(), x.sqrt())
 
 
 def _vmf_angles_3d(kappa: torch.Tensor) -> torch.Tensor:
@@ -130,28 +131,24 @@ def vmf_angles(kappa: torch.Tensor, dim: int, rounds: int = WOOD_ROUNDS) -> torc
 
 
 @torch.library.custom_op("vissiam_distributions::draw_angles", mutates_args=())
-def draw_angles(kappa: torch.Tensor, dim: int, family: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The angles theta (N,) float64 of ``family`` at concentrations kappa (N,) float64, the Gamma
-    draws X (N,) float64 behind power spherical angles (zeros for vMF), then the seed (2,) int64 of the
-    tangent noise, which the transform kernel draws itself (``_sampling_ops.sphere_sample_seeded``:
-    torch.randn of (N, dim - 1) on the CPU cost 10x the memory floor); all from the default generator."""
+def draw_angles(kappa: torch.Tensor, dim: int, family: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """The angles theta (N,) float64 of ``family`` at concentrations kappa (N,) float64, then the seed
+    (2,) int64 of the tangent noise, which the transform kernel draws itself
+    (``_sampling_ops.sphere_sample_seeded``: torch.randn of (N, dim - 1) on the CPU cost 10x the
+    memory floor); all from the default generator."""
     if family == "power_spherical":
-        theta, gamma = power_spherical_angles(kappa, dim)
+        theta = power_spherical_angles(kappa, dim)
     elif family == "vmf":
-        theta, gamma = vmf_angles(kappa, dim), torch.zeros_like(kappa)
+        theta = vmf_angles(kappa, dim)
     else:
         raise ValueError(f"family must be 'power_spherical' or 'vmf'; got {family!r}")
     seed = torch.randint(SEED_LOW, SEED_HIGH, (2,), dtype=torch.int64, device=kappa.device)
-    return theta, gamma, seed
+    return theta, seed
 
 
 @draw_angles.register_fake
 def _draw_angles_fake(kappa, dim, family):
-    return (
-        kappa.new_empty(kappa.shape, dtype=torch.float64),
-        kappa.new_empty(kappa.shape, dtype=torch.float64),
-        kappa.new_empty((2,), dtype=torch.int64),
-    )
+    return kappa.new_empty(kappa.shape, dtype=torch.float64), kappa.new_empty((2,), dtype=torch.int64)
 
 
 __all__ = ["WOOD_MIN_ACCEPTANCE", "WOOD_ROUNDS", "draw_angles", "power_spherical_angles", "vmf_angles", "wood_b", "wood_proposal"]

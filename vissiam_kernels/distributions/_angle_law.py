@@ -34,14 +34,16 @@ which the samplers' inverse-CDF fallback solves.
 
 Quadrature: Gauss-Legendre on panels whose breakpoints are 0, pi, theta, the mode m +- sigma x_j
 (sigma = 1/sqrt(-d^2 log q~/dtheta^2) at the mode) and theta +- h x_j, h = min(sigma, 1/|d log q~/dtheta
-(theta)|) (the integrand's decay length at theta, when theta is out in a tail), x_j geometric, clipped
+(theta)|) (the integrand's decay length at theta; only when h < STEEP_THETA sigma, theta out in a
+tail), x_j geometric, clipped
 to [0, pi]; for PS also a grading towards pi, where (1 + cos)^kappa log(1 + cos) is not analytic.
 Panels never straddle theta, so each lies on one side. Per-side sums are formed around their own
 maximum of log r and combined in log space, so a theta far in a tail (r ~ e^{+-1000}) stays finite.
 All of it in float64, vectorized over rows. Checked against scipy.integrate.quad of the density
 (CDF) and a central difference of that CDF in kappa (d theta/d kappa) in
-tests/test_distributions_gradients.py. Cost: ~340 integrand points per row (about 0.4 s per 4096
-rows on a 2-core EPYC), which is what the vMF rsample backward spends.
+tests/test_distributions_gradients.py. This is the reference (and the GPU path); CPU tensors go
+through the fused op of csrc/include/vissiam/angle_law.h, the same quadrature with the panels that
+cannot matter skipped (tests/test_angle_law_kernel.py).
 """
 
 from __future__ import annotations
@@ -52,15 +54,22 @@ import math
 import numpy as np
 import torch
 
+from .. import _codes, _dispatch
+
 FAMILIES = ("power_spherical", "vmf")
 
 GAUSS_NODES = 8
-"""Gauss-Legendre nodes per panel. With breakpoints 0.25 * 2^j (j < 11) widths from the mode and from
-theta: within 9e-10 relative of a 12-node, 0.25 * 1.5^j (j < 17) rule over d in [2, 65536], kappa in
-[1e-3, 1e7] (200 draws each), at a third of its cost."""
+"""Gauss-Legendre nodes per panel. With breakpoints 2^j (j < 9) widths from the mode and (where the
+integrand is steep at theta, STEEP_THETA) from theta: within 3.9e-9 relative of a 12-node,
+0.25 * 1.5^j (j < 17) rule over d in [2, 65536], kappa in [0, 1e7] (200 draws each). Offsets from
+0.25 and theta's grading everywhere gave 1.2e-9 with 40% more panels."""
+
+STEEP_THETA = 0.5
+"""theta gets its own graded breakpoints when h, the decay length of q~ there, is under this many
+sigma (theta out in a tail); nearer the mode, the mode's grading resolves the integrand around theta."""
 
 # Breakpoint offsets on each side of the mode, in units of sigma, and of theta, in units of h.
-_MODE_OFFSETS = tuple(0.25 * 2.0**j for j in range(11))  # 0.25 ... 256
+_MODE_OFFSETS = tuple(2.0**j for j in range(9))  # 1 ... 256
 _THETA_OFFSETS = _MODE_OFFSETS
 # Grading towards pi for the power spherical family: panels [pi - pi 4^-(j), pi - pi 4^-(j+1)].
 _PI_GRADING = tuple(math.pi * 4.0 ** (-j) for j in range(1, 23))  # down to pi 5.7e-14
@@ -156,12 +165,16 @@ def _breakpoints(theta, kappa, dim: int, family: str) -> torch.Tensor:
     sigma = sigma.clamp(max=math.pi)
     local = torch.minimum(sigma, 1 / slope)  # 1/0 = inf -> sigma
     local = torch.where(torch.isnan(local), sigma, local)
+    # the grading around theta only where the integrand is steep there (else the mode's covers it;
+    # unused points collapse onto 0: zero-length panels)
+    steep = (local < STEEP_THETA * sigma)[:, None]
+    around_theta = torch.where(steep, theta[:, None] + local[:, None] * _signed(_THETA_OFFSETS, theta.device), 0.0)
     parts = [
         theta.new_zeros(n, 1),
         theta.new_full((n, 1), math.pi),
         theta[:, None],
         mode[:, None] + sigma[:, None] * _signed(_MODE_OFFSETS, theta.device),
-        theta[:, None] + local[:, None] * _signed(_THETA_OFFSETS, theta.device),
+        around_theta,
     ]
     if family == "power_spherical" and dim <= _PI_GRADING_MAX_DIM:
         parts.append((math.pi - theta.new_tensor(_PI_GRADING)).expand(n, -1))
@@ -208,18 +221,36 @@ def _chunks(n: int, size: int = 512):
     return [(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-@torch.no_grad()
 def angle_kappa_derivative(theta: torch.Tensor, kappa: torch.Tensor, dim: int, family: str) -> torch.Tensor:
     """d theta / d kappa at fixed F(theta; kappa): theta, kappa (N,) float64 -> (N,) float64, <= 0.
 
-    -(J0_> J1_< + J0_< J1_>) / (J0_< + J0_>), evaluated as F (1 - F) weights in log space.
+    On CPU tensors the fused op ``vissiam_kernels::angle_kappa_derivative`` (csrc/include/vissiam/angle_law.h:
+    this quadrature, rows in parallel, panels that cannot matter never evaluated; about 50x faster);
+    elsewhere, and under VISSIAM_BACKEND=reference, ``angle_kappa_derivative_reference``.
+    ``_dispatch.last_backend()`` says which ran ("cpu" or "reference").
+    """
+    if _dispatch.select_backend(theta.device) == "cpu":
+        return torch.ops.vissiam_kernels.angle_kappa_derivative.default(theta, kappa, dim, _codes.FAMILY_CODES[family])
+    if not torch.compiler.is_compiling():
+        _dispatch._state["last"] = "reference"  # GPUs have no fused kernel of this quadrature
+    return angle_kappa_derivative_reference(theta, kappa, dim, family)
+
+
+@torch.no_grad()
+def angle_kappa_derivative_reference(theta: torch.Tensor, kappa: torch.Tensor, dim: int, family: str) -> torch.Tensor:
+    """d theta / d kappa in PyTorch ops: -(J0_> J1_< + J0_< J1_>) / (J0_< + J0_>), evaluated as
+    F (1 - F) weights in log space; theta, kappa (N,) float64 -> (N,) float64, <= 0.
+
+    At theta = 0 and pi, F is 0 and 1 whatever kappa: the derivative is 0 there (the integrals would
+    give inf / inf).
     """
     out = torch.empty_like(theta)
     for start, stop in _chunks(theta.shape[0]):
         j0_lo, j0_hi, j1_lo, j1_hi = angle_log_integrals(theta[start:stop], kappa[start:stop], dim, family)
         log_j0 = torch.logaddexp(j0_lo, j0_hi)
         out[start:stop] = -(torch.exp(j1_lo + j0_hi - log_j0) + torch.exp(j1_hi + j0_lo - log_j0))
-    return out
+    interior = (theta > 0) & (theta < math.pi)
+    return torch.where(interior | torch.isnan(theta), out, torch.zeros_like(out))
 
 
 @torch.no_grad()

@@ -7,8 +7,8 @@ shapes, ``expand``, and the reparameterized sampler
 (``vissiam_kernels._sampling_ops.sphere_sample_seeded``: the noise drawn inside the kernel from a seed
 that ``_angle_draws`` takes from torch's generator). Gradients reach loc through the transform and
 the concentration through ``_AngleCosSin``: d theta / d kappa of the implicit reparameterization
-(``_angle_law.angle_kappa_derivative``), exact and unbiased (never a gradient through Wood's accept
-step). The per-row scalar work is float64 whatever the dtype of loc.
+(``_angle_law.angle_kappa_derivative``), exact and unbiased for both families (never a gradient
+through Wood's accept step). The per-row scalar work is float64 whatever the dtype of loc.
 """
 
 from __future__ import annotations
@@ -30,31 +30,28 @@ class _AngleCosSin(torch.autograd.Function):
     """(t, s) = (cos theta, sin theta) of a drawn angle, with d theta / d kappa in backward:
     dL/dkappa = (-dL/dt s + dL/ds t) d theta/d kappa.
 
-    Power spherical: theta = 2 atan2(sqrt(Y), sqrt(X)), X ~ Gamma((d-1)/2 + kappa), so
-    d theta/d kappa = -sin(theta) / (2 X) dX/da with torch's Gamma reparameterization gradient dX/da
-    (measured within 2.6e-4 relative of the exact one, see the report in tests/test_distributions_gradients.py).
-    vMF: the implicit reparameterization of the angle's marginal law (``_angle_law``, quadrature).
-    theta, gamma (the X above, unused for vMF), kappa: (N,) float64; kappa gets the gradient.
+    d theta / d kappa is the implicit reparameterization of the angle's law at fixed CDF
+    (``_angle_law.angle_kappa_derivative``: exact to ~1e-14 of its quadrature, fused on the CPU), for
+    both families. For power spherical this is the Beta draw's own implicit gradient ((1 + t)/2 ~
+    Beta(a, b)); torch's Gamma reparameterization gradient through X ~ Gamma(a) was used before and
+    is off by up to 2.6e-4 relative for a < 1e3 (tests/test_distributions_gradients.py measures it).
+    theta, kappa: (N,) float64; kappa gets the gradient.
     """
 
     @staticmethod
-    def forward(ctx, theta, gamma, kappa, dim: int, family: str):
-        ctx.save_for_backward(theta, gamma, kappa)
+    def forward(ctx, theta, kappa, dim: int, family: str):
+        ctx.save_for_backward(theta, kappa)
         ctx.dim, ctx.family = dim, family
         return torch.cos(theta), torch.sin(theta)
 
     @staticmethod
     def backward(ctx, grad_t, grad_s):
-        theta, gamma, kappa = ctx.saved_tensors
-        if not ctx.needs_input_grad[2]:
-            return None, None, None, None, None
-        if ctx.family == "power_spherical":
-            alpha = kappa.detach() + 0.5 * (ctx.dim - 1)
-            dtheta = -torch.sin(theta) * torch._standard_gamma_grad(alpha, gamma) / (2 * gamma)
-        else:
-            dtheta = _angle_law.angle_kappa_derivative(theta, kappa.detach(), ctx.dim, ctx.family)
+        theta, kappa = ctx.saved_tensors
+        if not ctx.needs_input_grad[1]:
+            return None, None, None, None
+        dtheta = _angle_law.angle_kappa_derivative(theta, kappa.detach(), ctx.dim, ctx.family)
         grad_theta = grad_s * torch.cos(theta) - grad_t * torch.sin(theta)
-        return None, None, grad_theta * dtheta, None, None
+        return None, grad_theta * dtheta, None, None
 
 
 class SphericalDistribution(Distribution):
@@ -129,8 +126,8 @@ class SphericalDistribution(Distribution):
         rows = math.prod(shape[:-1])
         loc = self._raw_loc.expand(shape).reshape(rows, dim)
         kappa = self._concentration.to(torch.float64).expand(shape[:-1]).reshape(rows)
-        theta, gamma, seed = _angle_draws.draw_angles(kappa.detach(), dim, self.family)
-        t, s = _AngleCosSin.apply(theta, gamma, kappa, dim, self.family)
+        theta, seed = _angle_draws.draw_angles(kappa.detach(), dim, self.family)
+        t, s = _AngleCosSin.apply(theta, kappa, dim, self.family)
         return _sampling_ops.sphere_sample_seeded(loc, t, s, seed).reshape(shape)
 
     # ------------------------------------------------------------------ likelihood
