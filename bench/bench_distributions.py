@@ -4,10 +4,11 @@ against provider, at B = 4096, D = 128 and 2048, float32.
 Groups ``spherical rsample <mode> B=<B> D=<D> float32 <device>``, providers:
 
 - ``fused-cpu`` (or ``fused-triton``): ``vissiam_kernels.distributions.PowerSpherical(loc, kappa).rsample()``
-  (Gamma draws, the (B, D-1) noise, the fused transform); its minimum bytes give the group's ``copy``
+  (Gamma draws, the (B, D-1) noise drawn in the fused transform; backward: the transform's and the
+  implicit kappa gradient by quadrature, a fused CPU op); its minimum bytes give the group's ``copy``
   floor;
 - ``vmf``: ``vissiam_kernels.distributions.VonMisesFisher(...).rsample()`` (Wood's rejection on the
-  angle, the same transform; backward: the implicit gradient by quadrature);
+  angle, the same transform and the same quadrature op in backward);
 - ``power_spherical package``: ``power_spherical.PowerSpherical(normalize(loc), kappa).rsample()``,
   what PyTorch users have today;
 - ``wood pure-PyTorch``: a vMF sampler written the way s-vae-pytorch writes it (Beta proposals through
