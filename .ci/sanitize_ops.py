@@ -30,6 +30,7 @@ calls = dict.fromkeys(
         "scaled_row_combination",
         "normalizer_quantity",
         "special_function",
+        "angle_kappa_derivative",
     ],
     0,
 )
@@ -180,6 +181,26 @@ def check_errors() -> None:
     expect_error(ops.scaled_row_combination, torch.ones(4), torch.ones(4), torch.ones(4), [mu], [])
 
 
+def check_angle_derivative() -> None:
+    """d theta / d kappa (csrc/cpu/angle_law_cpu.cpp): both families and lane widths, d from 2 to
+    65536, kappa from 0 to 1e9, angles across [0, pi] with its end points, tiny ones and NaN,
+    non-contiguous and empty inputs, and the documented errors."""
+    theta = torch.cat([torch.linspace(0.0, 3.141592653589793, 41, dtype=torch.float64),
+                       torch.tensor([1e-300, 1e-12, 3.141592653589793 - 1e-12, float("nan")], dtype=torch.float64)])
+    for family, dim, kappa, vectorized in itertools.product((1, 2), (2, 3, 130, 65536), (0.0, 1.0, 1e3, 1e9), (True, False)):
+        k = torch.full_like(theta, kappa)
+        out = ops.angle_kappa_derivative(theta, k, dim, family, vectorized)
+        assert out.shape == theta.shape and torch.isfinite(out[:-1]).all(), (family, dim, kappa)
+        ops.angle_kappa_derivative(theta[::3], k[::3], dim, family, vectorized)
+        ops.angle_kappa_derivative(theta[:0], k[:0], dim, family, vectorized)
+        calls["angle_kappa_derivative"] += 3
+    good = torch.ones(3, dtype=torch.float64)
+    expect_error(ops.angle_kappa_derivative, good, good[:2], 5, 1)
+    expect_error(ops.angle_kappa_derivative, good.float(), good, 5, 1)
+    expect_error(ops.angle_kappa_derivative, good, good, 1, 1)
+    expect_error(ops.angle_kappa_derivative, good, good, 5, 0)
+
+
 def main() -> None:
     for threads in (1, 2):  # serial and parallel at::parallel_for
         torch.set_num_threads(threads)
@@ -187,6 +208,7 @@ def main() -> None:
         check_multi_view()
         check_extreme_kappa()
         check_special_functions()
+        check_angle_derivative()
         check_errors()
     missing = [name for name, count in calls.items() if count == 0]
     assert not missing, f"ops not called: {missing}"

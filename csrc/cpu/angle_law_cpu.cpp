@@ -32,6 +32,7 @@ namespace angle_avx2 {
 typedef double double4 __attribute__((vector_size(32)));
 
 typedef long long long4 __attribute__((vector_size(32)));
+typedef unsigned long long ulong4 __attribute__((vector_size(32)));  // left shifts (of negatives too)
 
 // Integer <-> double of small integers (|i| < 2^51) through the bits of 1.5 2^52 + i: AVX2 has no
 // 64-bit integer conversions (a __builtin_convertvector becomes four scalar ones).
@@ -40,6 +41,23 @@ constexpr long long kIntegerMagicBits = 0x4338000000000000LL;
 inline long4 integral_to_long(double4 integral) { return (long4)(integral + kIntegerMagic) - kIntegerMagicBits; }
 inline double4 long_to_double(long4 i) { return (double4)(i + kIntegerMagicBits) - kIntegerMagic; }
 
+// c[0] x^(N-1) + c[1] x^(N-2) + ... + c[N-1], by Horner's rule.
+template <int N>
+inline double4 polynomial(double4 x, const double (&c)[N]) {
+  double4 p = x * c[0] + c[1];
+  for (int k = 2; k < N; ++k) p = p * x + c[k];
+  return p;
+}
+
+// 1/k!, k = 13 ... 0: e^r's Taylor polynomial.
+constexpr double kExpTaylor[14] = {1.0 / 6227020800.0, 1.0 / 479001600.0, 1.0 / 39916800.0, 1.0 / 3628800.0,
+                                   1.0 / 362880.0,     1.0 / 40320.0,     1.0 / 5040.0,       1.0 / 720.0,
+                                   1.0 / 120.0,        1.0 / 24.0,        1.0 / 6.0,          0.5,
+                                   1.0,                1.0};
+// 1/(2k+1), k = 10 ... 1: atanh(s)/s - 1 = s^2 (1/3 + s^2/5 + ...).
+constexpr double kAtanhSeries[10] = {1.0 / 21.0, 1.0 / 19.0, 1.0 / 17.0, 1.0 / 15.0, 1.0 / 13.0,
+                                     1.0 / 11.0, 1.0 / 9.0,  1.0 / 7.0,  1.0 / 5.0,  1.0 / 3.0};
+
 // exp(x) for x <= ~710: x = n log 2 + r, |r| <= log(2)/2 (log 2 in two parts, Cody-Waite), e^r by its
 // Taylor polynomial of degree 13 (truncation < 4e-18 relative), times 2^n through the exponent
 // bits; 0 below -708 (terms that small are far below the kept sum: they are scaled by the side's
@@ -47,20 +65,8 @@ inline double4 long_to_double(long4 i) { return (double4)(i + kIntegerMagicBits)
 inline double4 exp_lanes(double4 x) {
   const double4 n = (double4)_mm256_round_pd((__m256d)(x * 1.4426950408889634), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const double4 r = (x - n * 0.6931471803691238) - n * 1.9082149292705877e-10;
-  double4 p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;  // 1/13!, 1/12!
-  p = p * r + 1.0 / 39916800.0;
-  p = p * r + 1.0 / 3628800.0;
-  p = p * r + 1.0 / 362880.0;
-  p = p * r + 1.0 / 40320.0;
-  p = p * r + 1.0 / 5040.0;
-  p = p * r + 1.0 / 720.0;
-  p = p * r + 1.0 / 120.0;
-  p = p * r + 1.0 / 24.0;
-  p = p * r + 1.0 / 6.0;
-  p = p * r + 0.5;
-  p = p * r + 1.0;
-  p = p * r + 1.0;
-  const long4 scale = (integral_to_long(n) + 1023) << 52;  // 2^n, n in [-1022, 1023]
+  const double4 p = polynomial(r, kExpTaylor);
+  const ulong4 scale = (ulong4)(integral_to_long(n) + 1023) << 52;  // 2^n, n in [-1022, 1023]
   const double4 result = p * (double4)scale;
   return (x < -708.0) ? double4{} : result;
 }
@@ -76,17 +82,9 @@ inline double4 log1p_lanes(double4 x) {
   // exponent of u relative to sqrt(1/2): m = u 2^-e in [sqrt(1/2), sqrt(2))
   const long4 shifted = bits - (long4){0x3FE6A09E667F3BCDLL, 0x3FE6A09E667F3BCDLL, 0x3FE6A09E667F3BCDLL, 0x3FE6A09E667F3BCDLL};
   const long4 e = shifted >> 52;  // arithmetic shift: floor(log2(u / sqrt(1/2)))
-  const double4 m = (double4)(bits - (e << 52));
+  const double4 m = (double4)((ulong4)bits - ((ulong4)e << 52));
   const double4 s = (m - 1.0) / (m + 1.0), s2 = s * s;
-  double4 p = s2 * (1.0 / 21.0) + 1.0 / 19.0;
-  p = p * s2 + 1.0 / 17.0;
-  p = p * s2 + 1.0 / 15.0;
-  p = p * s2 + 1.0 / 13.0;
-  p = p * s2 + 1.0 / 11.0;
-  p = p * s2 + 1.0 / 9.0;
-  p = p * s2 + 1.0 / 7.0;
-  p = p * s2 + 1.0 / 5.0;
-  p = p * s2 + 1.0 / 3.0;
+  const double4 p = polynomial(s2, kAtanhSeries);
   const double4 log_m = 2.0 * s + 2.0 * s * s2 * p;
   const double4 ef = long_to_double(e);
   const double4 result = ef * 0.6931471803691238 + (log_m + correction + ef * 1.9082149292705877e-10);
