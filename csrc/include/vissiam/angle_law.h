@@ -25,7 +25,6 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "vissiam/special_functions.h"  // VISSIAM_HD
 
@@ -116,16 +115,27 @@ VISSIAM_HD double log_q_slope(const AngleRow& row) {
   return slope;
 }
 
-// The integrand's elementary functions on V = double (ScalarMath, below) or on a vector of lanes
-// (csrc/cpu/angle_law_cpu.cpp's AVX2 math): sincos, log1p, exp, fmax(x, scalar), fabs, and
-// sincos_pair (sine and cosine of two scalars, in one vector call where there are lanes).
+// The integrand's arithmetic on V = double, one node at a time (ScalarMath, below), or on lanes of
+// double holding a whole panel (csrc/cpu/angle_law_cpu.cpp's AVX2 math). A Math provides:
+//   kChunks                       the number of V a panel's kGaussNodes nodes take;
+//   panel_nodes(chunk, a, s, c, w)  for the nodes x_k of that chunk: sin(a x_k), cos(a x_k) and w_k;
+//   outer_node(lo_side)           the chunk and lane of the node x = -x_max (lo_side) or +x_max;
+//   sincos_pair(a, b, out)        sin a, cos a, sin b, cos b of two scalars;
+//   log1p, exp, max(x, floor) (NaN -> floor), abs, positive_or_zero(w, x) (x where w > 0, else 0),
+//   lane(v, i) and sum(v).
+struct NodePlace {
+  int chunk, lane;
+};
+
 struct ScalarMath {
   using V = double;
-  static constexpr int kLanes = 1;
-  VISSIAM_HD static void sincos(V x, V* sin_x, V* cos_x) {
-    *sin_x = std::sin(x);
-    *cos_x = std::cos(x);
+  static constexpr int kChunks = kGaussNodes;
+  VISSIAM_HD static void panel_nodes(int chunk, double a, V* sin_ax, V* cos_ax, V* weight) {
+    *sin_ax = std::sin(a * kGaussX[chunk]);
+    *cos_ax = std::cos(a * kGaussX[chunk]);
+    *weight = kGaussW[chunk];
   }
+  VISSIAM_HD static NodePlace outer_node(bool lo_side) { return {lo_side ? 0 : kGaussNodes - 1, 0}; }
   VISSIAM_HD static void sincos_pair(double a, double b, double* out) {  // out = sin a, cos a, sin b, cos b
     out[0] = std::sin(a);
     out[1] = std::cos(a);
@@ -136,6 +146,9 @@ struct ScalarMath {
   VISSIAM_HD static V exp(V x) { return std::exp(x); }
   VISSIAM_HD static V max(V x, double floor) { return x > floor ? x : floor; }  // NaN -> floor, as fmax
   VISSIAM_HD static V abs(V x) { return std::fabs(x); }
+  VISSIAM_HD static V positive_or_zero(V w, V x) { return w > 0 ? x : 0.0; }
+  VISSIAM_HD static double lane(V v, int) { return v; }
+  VISSIAM_HD static double sum(V v) { return v; }
 };
 
 // The angle unit of the integrand's products: vMF works in (theta +- phi)/2, power spherical in
@@ -154,14 +167,14 @@ VISSIAM_HD typename Math::V log_ratio(const AngleRow& row, typename Math::V sin_
     // cos phi - cos theta = 2 sin((theta + phi)/2) sin((theta - phi)/2)
     const V difference = 2 * sin_sum * sin_gap;
     V log_r = row.kappa * difference;
-    if (row.curved) log_r += row.dm2 * Math::log1p(Math::max(d_sin / row.sin_theta, -1.0));
+    if (row.curved) log_r = log_r + row.dm2 * Math::log1p(Math::max(d_sin / row.sin_theta, -1.0));
     *contrast = Math::abs(difference);
     return log_r;
   }
   // power spherical, half angles: T = 2 log cos(phi/2) + log 2, sin^{d-2} phi = 2^{d-2} (sin cos)^{d-2}(phi/2)
   const V log_cos_ratio = Math::log1p(Math::max(2 * sin_sum * sin_gap / row.cos_half, kNearMinusOne));
   V log_r = (2 * row.kappa + row.dm2) * log_cos_ratio;
-  if (row.curved) log_r += row.dm2 * Math::log1p(Math::max(d_sin / row.sin_half, -1.0));
+  if (row.curved) log_r = log_r + row.dm2 * Math::log1p(Math::max(d_sin / row.sin_half, -1.0));
   *contrast = 2 * Math::abs(log_cos_ratio);
   return log_r;
 }
@@ -224,52 +237,36 @@ struct SideSums {
   double peak = 0.0, j0 = 0.0, j1 = 0.0;
 };
 
-// Adds panel [lo, hi]'s terms to `side`, Math::kLanes nodes at a time; returns log r at the node
-// nearest the outer end (lo if outer_is_lo, else hi). The nodes are c +- a_k (c the centre, a_k =
-// half x_k, x_k > 0), so the sines and cosines of the product angles come from those of the centre's
-// and of the four a_k by the addition formulas: two sincos calls a panel instead of three per node.
-// (Next to theta, g = c (theta - phi) is formed as sin(A) cos(a) - cos(A) sin(a) with A and a within a
-// factor 1 / (1 - x_max) = 25 of their difference: ~25 ulp relative in sin g, where log r is ~0.)
+// Adds panel [lo, hi]'s terms to `side`; returns log r at the node nearest the outer end (lo if
+// outer_is_lo, else hi). The nodes are m + a x_k (m the centre, a = half the width), so the sines
+// and cosines of the product angles come from those of the centre's and of a x_k by the addition
+// formulas: with lanes, two sincos calls a panel instead of three per node. (Next to theta,
+// g = c (theta - phi) is formed as sin(A) cos(a) - cos(A) sin(a) with A and a within a factor
+// 1 / (1 - x_max) = 25 of their difference: ~25 ulp relative in sin g, where log r is ~0.)
 template <class Math>
 VISSIAM_HD double add_panel(const AngleRow& row, double lo, double hi, bool outer_is_lo, SideSums& side) {
   using V = typename Math::V;
-  constexpr int lanes = Math::kLanes, positive = kGaussNodes / 2;
   const double half = 0.5 * (hi - lo), centre = lo + half, scale = product_angle_scale(row);
   double at_centre[4];  // sin A, cos A, sin B, cos B; A = c (theta - centre), B = c (theta + centre)
   Math::sincos_pair(scale * (row.theta - centre), scale * (row.theta + centre), at_centre);
   const double sin_a = at_centre[0], cos_a = at_centre[1], sin_b = at_centre[2], cos_b = at_centre[3];
-  V j0{}, j1{};
-  double outer = 0.0;
-  for (int first = 0; first < positive; first += lanes) {
-    V x, w, sin_offset, cos_offset;
-    std::memcpy(&x, kGaussX + positive + first, sizeof(V));
-    std::memcpy(&w, kGaussW + positive + first, sizeof(V));
-    Math::sincos(scale * half * x, &sin_offset, &cos_offset);
-    for (int sign = -1; sign <= 1; sign += 2) {  // the node centre + sign a_k
-      const V signed_sin = sign * sin_offset;
-      const V sin_gap = sin_a * cos_offset - cos_a * signed_sin;  // sin(A - sign a)
-      const V sin_sum = sin_b * cos_offset + cos_b * signed_sin;  // sin(B + sign a)
-      const V cos_sum = cos_b * cos_offset - sin_b * signed_sin;  // cos(B + sign a)
-      V contrast;
-      const V log_r = log_ratio<Math>(row, sin_gap, sin_sum, cos_sum, &contrast);
-      const V wr = half * w * Math::exp(log_r - side.peak);
-      // r = 0 (log r = -inf) where the contrast may be inf: the term is 0
-      j0 += wr;
-      j1 += (wr > 0) ? wr * contrast : V{};
-      if (first + lanes == positive && (sign < 0) == outer_is_lo) {  // the last lane holds x_max
-        double values[lanes];
-        std::memcpy(values, &log_r, sizeof(V));
-        outer = values[lanes - 1];
-      }
-    }
+  double j0 = 0.0, j1 = 0.0, outer = 0.0;
+  for (int chunk = 0; chunk < Math::kChunks; ++chunk) {
+    V sin_offset, cos_offset, weight;  // of the nodes' offsets c (phi - centre)
+    Math::panel_nodes(chunk, scale * half, &sin_offset, &cos_offset, &weight);
+    const V sin_gap = sin_a * cos_offset - cos_a * sin_offset;  // sin(A - offset)
+    const V sin_sum = sin_b * cos_offset + cos_b * sin_offset;  // sin(B + offset)
+    const V cos_sum = cos_b * cos_offset - sin_b * sin_offset;  // cos(B + offset)
+    V contrast;
+    const V log_r = log_ratio<Math>(row, sin_gap, sin_sum, cos_sum, &contrast);
+    const V wr = half * weight * Math::exp(log_r - side.peak);
+    j0 += Math::sum(wr);
+    j1 += Math::sum(Math::positive_or_zero(wr, wr * contrast));  // r = 0 where the contrast may be inf
+    const NodePlace outer_place = Math::outer_node(outer_is_lo);
+    if (chunk == outer_place.chunk) outer = Math::lane(log_r, outer_place.lane);
   }
-  double sums0[lanes], sums1[lanes];
-  std::memcpy(sums0, &j0, sizeof(V));
-  std::memcpy(sums1, &j1, sizeof(V));
-  for (int k = 0; k < lanes; ++k) {
-    side.j0 += sums0[k];
-    side.j1 += sums1[k];
-  }
+  side.j0 += j0;
+  side.j1 += j1;
   return outer;
 }
 
