@@ -46,13 +46,14 @@ cat "$out/device.txt"
 
 stage build 200 $python -c "from vissiam_kernels import _cuda_extension as c; c.load(); print('CUDA kernels loaded from', c.build())"
 stage tests 240 $python -m pytest -q -m gpu -p no:cacheprovider tests/test_cuda_kernels.py tests/test_triton_gpu.py \
-  tests/test_sampling_transform.py --junitxml="$out/gpu-tests.xml"
+  tests/test_sampling_transform.py tests/test_sampling_seeded.py tests/test_angle_law_kernel.py \
+  --junitxml="$out/gpu-tests.xml"
 # the fuzz properties (issue 8) on CUDA tensors, Triton and CUDA C++; hypothesis prints failing examples
 stage fuzz 150 $python -m pytest -q -m gpu -p no:cacheprovider tests/test_fuzz_gpu.py -rfE \
   --junitxml="$out/gpu-fuzz.xml"
 stage bench 200 $python -m pytest -q -p no:cacheprovider bench/bench_losses.py bench/bench_triton_gpu.py \
-  bench/bench_sampling.py --benchmark-only --bench-devices=cuda \
-  -k "((B512-D2048 or B65536-D2048) and bwd and float32) or 512-2048-float32 or 65536-2048-float32 or (test_sphere_transform and D2048)" \
+  bench/bench_sampling.py bench/bench_distributions.py --benchmark-only --bench-devices=cuda \
+  -k "((B512-D2048 or B65536-D2048) and bwd and float32) or 512-2048-float32 or 65536-2048-float32 or (test_sphere_transform and D2048) or (test_rsample and B4096-D2048)" \
   --benchmark-json="$out/bench.json"
 # compute-sanitizer over the CUDA C++ kernels on the test shapes (issue 8). A subset: the tests that
 # launch every kernel on varied shapes; the device-assert test is left out (an assert is a reported
