@@ -16,10 +16,10 @@
 // sines as products of sines, log r from log1p of ratios; the sines of a panel's nodes by addition
 // formulas). What is new is that panels that cannot matter are never evaluated: r is unimodal on
 // [0, pi] with its peak at the analytic mode, so on each side of theta the peak of r is known before
-// any panel is summed (r(mode) on the side that holds the mode, r(theta) = 1 on the other). Panels are summed outward from the peak, and the march stops on a
-// side once a panel's outermost node is below the peak by kPruneLogRatio: every panel beyond it has
-// smaller r (unimodality), so what is left out is below e^-100 of the peak per node, far under
-// float64 rounding of the kept sum. That leaves about 10 panels a row (d from 3 to 2048, kappa from
+// any panel is summed (r(mode) on the side that holds the mode, r(theta) = 1 on the other). Panels
+// are summed outward from the peak, and the march stops on a side once a panel's outermost node is
+// below the peak by kPruneLogRatio: every panel beyond it has smaller r (unimodality), so what is
+// left out is below e^-100 of the peak per node, far under float64 rounding of the kept sum. That leaves about 10 panels a row (d from 3 to 2048, kappa from
 // 1 to 1e5, angles drawn near the mode), of up to 37 (vMF) or 59 (power spherical).
 // Each side's terms are scaled by its peak, so a theta far in a tail (r ~ e^{+-1000}) stays finite.
 #pragma once
