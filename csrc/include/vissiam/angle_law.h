@@ -19,8 +19,9 @@
 // any panel is summed (r(mode) on the side that holds the mode, r(theta) = 1 on the other). Panels
 // are summed outward from the peak, and the march stops on a side once a panel's outermost node is
 // below the peak by kPruneLogRatio: every panel beyond it has smaller r (unimodality), so what is
-// left out is below e^-100 of the peak per node, far under float64 rounding of the kept sum. That leaves about 10 panels a row (d from 3 to 2048, kappa from
-// 1 to 1e5, angles drawn near the mode), of up to 37 (vMF) or 59 (power spherical).
+// left out is below e^-100 of the peak per node, far under float64 rounding of the kept sum. That
+// leaves about 10 panels a row (d from 3 to 2048, kappa from 1 to 1e5, angles drawn near the mode),
+// of up to 37 (vMF) or 59 (power spherical).
 // Each side's terms are scaled by its peak, so a theta far in a tail (r ~ e^{+-1000}) stays finite.
 #pragma once
 
