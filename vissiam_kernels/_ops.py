@@ -107,11 +107,11 @@ def _quantity_backward(ops, ctx, grad):
     return (grad * derivative).to(kappa.dtype), None, None, None
 
 
-@functools.cache
 def _angle_derivative_fake(theta, kappa, dim, family, vectorized=True):
     return torch.empty_like(theta)
 
 
+@functools.cache
 def register_fake_kernels(namespace: str = "vissiam_kernels") -> None:
     """Output shapes of the compiled ops for torch.compile; once, after the library loads."""
     torch.library.register_fake(f"{namespace}::spherical_nll")(_nll_fake)
