@@ -32,8 +32,6 @@ namespace vissiam {
 namespace angle_avx2 {
 
 typedef double double4 __attribute__((vector_size(32)));
-
-typedef double double4 __attribute__((vector_size(32)));
 using Lanes = lanes::vec<4>;  // eight lanes of double as two AVX2 vectors (vissiam/vector_math.h)
 
 // A panel's eight nodes in the eight lanes: lanes 0-3 the nodes -x_k, lanes 4-7 the nodes +x_k
@@ -81,8 +79,7 @@ struct Avx2Math {
 // flatten: the header's templates are inlined here and compiled for this target (called, they would be
 // compiled without AVX and pass vectors through memory).
 __attribute__((flatten)) void kappa_derivatives(const double* theta, const double* kappa, double* out, int64_t begin,
-                                                int64_t end, int64_t dim,
-                       bool vmf) {
+                                                int64_t end, int64_t dim, bool vmf) {
   for (int64_t i = begin; i < end; ++i) out[i] = angle_law::kappa_derivative<Avx2Math>(theta[i], kappa[i], dim, vmf);
 }
 
@@ -92,16 +89,16 @@ __attribute__((flatten)) void kappa_derivatives(const double* theta, const doubl
 
 namespace vissiam {
 
-// Whether the AVX2 path runs: the CPU has AVX2 and FMA, and libtorch exports SLEEF's functions.
+namespace {
+
+// Whether the AVX2 path runs: the CPU has AVX2 and FMA, and libtorch exports SLEEF's sincos.
 bool angle_law_uses_avx2() {
   static const bool use = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
                           Sleef_sincosd4_u10avx2 != nullptr;
   return use;
 }
 
-namespace {
-
-// Rows per parallel task: a row costs ~200 integrand evaluations (a few microseconds).
+// Rows per parallel task: a row costs ~10 panels of 8 nodes (about 2 microseconds).
 constexpr int64_t kAngleRowsPerTask = 16;
 
 at::Tensor angle_kappa_derivative_cpu(const at::Tensor& theta, const at::Tensor& kappa, int64_t dim, int64_t family,
